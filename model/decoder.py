@@ -1,0 +1,228 @@
+"""The decoder: Llama / Qwen2 / Qwen3 / SmolLM3 / Mistral in one file (pre-norm, RoPE, GQA, SwiGLU)."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 and cast back before the weight, exactly as transformers does
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [head_dim / 2] in float32, with linear or llama3 scaling applied."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    factor = scaling["factor"]
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    # llama3: keep high frequencies, divide low ones by factor, interpolate smoothly in between
+    old_len = scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys/values [B, kv_heads, max_len, head_dim] per layer, plus the segment id of
+    every cached position, so that each decoding step attends only within its own segment."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype, device):
+        shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.segment_ids = torch.zeros(batch_size, max_len, dtype=torch.int32, device=device)
+        self.has_segments = False  # stays False while every call used plain causal attention
+        self.length = 0
+        self.batch_size, self.max_len = batch_size, max_len
+
+    def reset(self):
+        self.length, self.has_segments = 0, False
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        # q, k and v in one matmul; the rows are q | k | v, so each HF tensor is a contiguous row slice
+        self.qkv = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
+                             bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.use_rope = layer_idx not in cfg.nope_layers
+
+    def forward(self, x, cos, sin, mask, cache):
+        B, T, _ = x.shape
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.use_rope:
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            start, end = cache.length, cache.length + T
+            cache.keys[self.layer_idx][:, :, start:end] = k
+            cache.values[self.layer_idx][:, :, start:end] = v
+            k, v = cache.keys[self.layer_idx][:, :, :end], cache.values[self.layer_idx][:, :, :end]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
+                                           enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
+        self.gradient_checkpointing = False
+        self._inv_freq = {}  # device -> inverse frequencies; not a buffer so meta-device builds need no fix-up
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        w = self.embed.weight
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device)
+
+    def forward(self, input_ids, positions=None, segment_ids=None, cache=None, return_hidden=False):
+        B, T = input_ids.shape
+        device = input_ids.device
+        start = 0 if cache is None else cache.length
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"cache: {start} cached + {T} new tokens exceed max_len {cache.max_len}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=device).expand(B, T)
+        x = self.embed(input_ids)
+        cos, sin = self._rope(positions, x.dtype)
+        mask = self._mask(segment_ids, cache, B, T, device)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        return F.linear(x, self.output_weight)
+
+    def _rope(self, positions, dtype):
+        """cos/sin [B, 1, T, head_dim] for the given positions, computed once for all layers."""
+        device = positions.device
+        if device not in self._inv_freq:
+            self._inv_freq[device] = rope_inv_freq(self.config).to(device)
+        freqs = positions.float()[..., None] * self._inv_freq[device]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+    def _mask(self, segment_ids, cache, B, T, device):
+        """Boolean [B, 1, T, S] mask (True = attend), or None where SDPA needs none: key j is visible
+        to query i iff j <= i in sequence order (cached keys included) and their segment ids match."""
+        if cache is None:
+            if segment_ids is None:
+                return None  # plain causal: SDPA's is_causal fast path
+            seg_q = seg_k = segment_ids
+            start, end = 0, T
+        else:
+            start, end = cache.length, cache.length + T
+            if segment_ids is None:
+                if not cache.has_segments:
+                    if T == 1:
+                        return None  # one new token sees every cached key
+                    segment_ids = torch.zeros(B, T, dtype=torch.int32, device=device)
+                else:
+                    # no ids given after segmented calls: continue each row's last segment
+                    last = cache.segment_ids[:, start - 1:start] if start > 0 else torch.zeros(B, 1, dtype=torch.int32, device=device)
+                    segment_ids = last.expand(B, T)
+            else:
+                cache.has_segments = True
+            cache.segment_ids[:, start:end] = segment_ids
+            seg_q, seg_k = segment_ids, cache.segment_ids[:, :end]
+        causal = torch.arange(end, device=device)[None, :] <= torch.arange(start, end, device=device)[:, None]
+        return (causal[None] & (seg_q[:, :, None] == seg_k[:, None, :]))[:, None]
+
+    @torch.no_grad()
+    def init_weights(self, seed: int):
+        """Deterministic init for training from scratch: normal(0, 0.02) for matrices and embeddings,
+        zero biases, ones for norms. Draws on CPU, so the weights do not depend on the device."""
+        if any(p.is_meta for p in self.parameters()):
+            self.to_empty(device="cpu")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 per matmul weight (forward + backward; the input embedding is a
+        lookup, the output projection a matmul even when tied) plus the attention scores and values."""
+        cfg = self.config
+        matmul_params = self.num_params() - (self.embed.weight.numel() if self.lm_head is not None else 0)
+        attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+        return 6 * matmul_params + attention
