@@ -1,0 +1,44 @@
+"""One chunk of kept tokens: logits, loss and the gradient of the logits, in a single pass.
+
+The same Python function runs eagerly (`compile=False`) or through torch.compile, so both paths
+share one definition of the math.
+"""
+import torch
+
+
+def chunk_loss_and_grads(hidden, weight, targets, token_weights, z_loss: float, dft: bool):
+    """Loss pieces and gradients for one chunk.
+
+    hidden [C, H] and weight [V, H] are in the matmul dtype; targets [C] long; token_weights [C]
+    fp32 (0 on padding rows). Returns (loss_sum fp32 scalar, nll [C] fp32, grad_hidden [C, H] in
+    the matmul dtype, grad_logits [C, V] fp32) where grad_logits is d(loss_sum)/d(logits).
+    """
+    logits = (hidden @ weight.t()).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    nll = lse - logits.gather(1, targets[:, None]).squeeze(1)
+    # DFT (arXiv 2508.05629): scale each token's loss by its own detached probability
+    ce_scale = token_weights * torch.exp(-nll) if dft else token_weights
+    loss_sum = (ce_scale * nll).sum()
+    row_scale = ce_scale
+    if z_loss != 0.0:
+        loss_sum = loss_sum + z_loss * (token_weights * lse * lse).sum()
+        row_scale = ce_scale + (2.0 * z_loss) * token_weights * lse
+    probs = torch.exp(logits - lse[:, None])
+    grad_logits = probs * row_scale[:, None]
+    grad_logits = grad_logits.scatter_add(1, targets[:, None], -ce_scale[:, None])
+    grad_hidden = grad_logits.to(weight.dtype) @ weight
+    return loss_sum, nll, grad_hidden, grad_logits
+
+
+_compiled = None
+
+
+def get_chunk_kernel(compile: bool):
+    """The chunk function, compiled once per process when `compile` is set."""
+    global _compiled
+    if not compile:
+        return chunk_loss_and_grads
+    if _compiled is None:
+        # dynamic=True: one graph serves every chunk length, vocab and hidden size (no recompiles)
+        _compiled = torch.compile(chunk_loss_and_grads, fullgraph=True, dynamic=True)
+    return _compiled
