@@ -38,12 +38,18 @@ def build_hf(case: str, seed: int = 0, **overrides):
     return model
 
 
-@pytest.fixture
-def hf_checkpoint(tmp_path):
-    """Factory: save a tiny transformers model for `case` and return (model, directory)."""
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """Factory: save a tiny transformers model for `case` once per session and return (model,
+    directory). Shared between tests: treat both as read-only."""
+    made = {}
+
     def make(case, seed=0, **overrides):
-        model = build_hf(case, seed, **overrides)
-        out = tmp_path / f"hf_{case}_{seed}"
-        model.save_pretrained(out)
-        return model, out
+        key = (case, seed, repr(sorted(overrides.items())))
+        if key not in made:
+            model = build_hf(case, seed, **overrides)
+            out = tmp_path_factory.mktemp(f"hf_{case}_{seed}")
+            model.save_pretrained(out)
+            made[key] = (model, out)
+        return made[key]
     return make
