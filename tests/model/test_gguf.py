@@ -15,8 +15,8 @@ from model.gguf import GGUFError, convert, main  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o r", "Ġ w", "Ġw or", "l d", "Ġwor ld", "1 2",
-          "Ġ Ġ", "i s", "Ġ is", "Ġ h", "e l", "el l", "Ġh ell"]
+MERGES = ["Ġ h", "e l", "el l", "Ġh ell", "Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o r", "Ġ w", "Ġw or",
+          "l d", "Ġwor ld", "1 2", "Ġ Ġ", "i s", "Ġ is"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -261,9 +261,10 @@ def test_tokenizer_merges_specials_and_digits(quantized):
     tok = Tokenizer.from_file(str(quantized[1] / "tokenizer.json"))
     vocab = {t: i for i, t in enumerate(tokens())}
     assert tok.encode(" the world").tokens == ["Ġthe", "Ġworld"]
-    # "h e" ranks before "e l", so "hell" never reaches "ell"; a space first allows "Ġhell".
-    assert tok.encode("<|im_start|>hell").ids == [1, vocab["he"], vocab["l"], vocab["l"]]
+    assert tok.encode("<|im_start|>hell").ids == [1, vocab["h"], vocab["ell"]]
     assert tok.encode(" hell").tokens == ["Ġhell"]
+    # Merge rank decides: "e l" comes before "h e", so "hello" never contains "he".
+    assert tok.encode("hello").tokens == ["h", "ell", "o"]
     # smollm splits digits one by one (llama.cpp's regex), so the "1 2" merge never applies.
     assert tok.encode("x 123").tokens == ["x", "Ġ", "1", "2", "3"]
     assert tok.token_to_id("<|im_end|>") == 2
