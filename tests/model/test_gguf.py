@@ -306,12 +306,12 @@ def test_refuses_what_it_cannot_convert(tmp_path, change, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
 
 
-def test_load_pretrained_matches_transformers(quantized):
-    model_package = pytest.importorskip("model")
-    if not hasattr(model_package, "load_pretrained"):
-        pytest.skip("model.load_pretrained is not built yet")
-    out = quantized[1]
-    ours = model_package.load_pretrained(out, dtype=torch.float32).eval()
+@pytest.mark.parametrize("case", ["quantized", "floats"])
+def test_load_pretrained_matches_transformers(case, request):
+    from model import load_pretrained
+
+    out = request.getfixturevalue(case)[1]
+    ours = load_pretrained(out, dtype=torch.float32).eval()
     reference = transformers_from_dir(out)
     with torch.no_grad():
         torch.testing.assert_close(ours(INPUT_IDS), reference(INPUT_IDS).logits, rtol=1e-4, atol=1e-4)
