@@ -36,11 +36,9 @@ class TokenizedDataset:
 
 def response_roles(offsets, key_start):
     """COT/KEY per response token from its character offsets (role of its last character)."""
-    roles = np.empty(len(offsets), dtype=np.uint8)
-    for i, (start, end) in enumerate(offsets):
-        last = end - 1 if end > start else start
-        roles[i] = KEY if last >= key_start else COT
-    return roles
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    last = np.where(spans[:, 1] > spans[:, 0], spans[:, 1] - 1, spans[:, 0])
+    return np.where(last >= key_start, KEY, COT).astype(np.uint8)
 
 
 def encode_example(prompt_ids, response_ids, offsets, key_start, eos_id):

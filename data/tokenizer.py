@@ -83,7 +83,6 @@ class Tok:
         new = [t for t in tokens if self.tokenizer.token_to_id(t) is None]
         self.tokenizer.add_special_tokens(
             [AddedToken(t, special=True, normalized=False) for t in tokens])
-        self._fingerprint = None
         return len(new)
 
     def fingerprint(self):
