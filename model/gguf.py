@@ -306,7 +306,10 @@ def convert(src, out_dir, dtype="auto", overwrite=False):
         raise FileNotFoundError(f"{src}: no such GGUF file")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: exists and is not empty; pass overwrite=True (--overwrite)")
-    reader = gguf.GGUFReader(src)
+    try:
+        reader = gguf.GGUFReader(src)
+    except (ValueError, OSError) as error:
+        raise GGUFError(f"{src}: not a readable GGUF file ({error})") from error
     meta = read_metadata(reader)
     if dtype == "auto":
         torch_dtype = natural_dtype(reader)

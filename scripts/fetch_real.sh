@@ -3,6 +3,9 @@
 # Idempotent: every step is skipped when its output already exists. Run from anywhere:
 #   bash scripts/fetch_real.sh            # everything
 #   DOWNLOADS=/some/dir bash scripts/fetch_real.sh
+# The model is converted with `python -m model.gguf` at its natural dtype (float32: the Q4_1/Q8_0
+# weights dequantize exactly). Check it against transformers afterwards with
+#   python scripts/check_real_model.py
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

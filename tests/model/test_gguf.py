@@ -267,6 +267,9 @@ def test_tokenizer_merges_specials_and_digits(quantized):
     assert tok.encode("hello").tokens == ["h", "ell", "o"]
     # smollm splits digits one by one (llama.cpp's regex), so the "1 2" merge never applies.
     assert tok.encode("x 123").tokens == ["x", "Ġ", "1", "2", "3"]
+    # Digits are cut out before the byte-level regex, so spaces before a digit stay one run
+    # (as llama.cpp and SmolLM2's own tokenizer.json do; transformers' GGUF tokenizer splits it).
+    assert tok.encode("x  12").tokens == ["x", "ĠĠ", "1", "2"]
     assert tok.token_to_id("<|im_end|>") == 2
 
 
@@ -304,6 +307,14 @@ def test_refuses_what_it_cannot_convert(tmp_path, change, message):
     with pytest.raises(GGUFError, match=message):
         convert(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
+def test_refuses_a_file_that_is_not_gguf(tmp_path):
+    src = tmp_path / "model.gguf"
+    src.write_bytes(b"PK\x03\x04 not a gguf file at all" * 4)
+    with pytest.raises(GGUFError, match="not a readable GGUF file"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", ["quantized", "floats"])
