@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.metrics import mean_ci, paired_diff_ci
+from eval.metrics import mean_ci, paired_difference
 
 ARMS = ("sft", "sft_tag", "key_tag", "sftkey_tag", "sft_tag_equal", "weighted")
 METRICS = ("acc", "fmt", "score")
@@ -83,7 +83,7 @@ def table(runs, arms):
              "| arm | " + " | ".join(m.capitalize() for m in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
     for arm in arms:
-        cells = [fmt_ci(*mean_ci([r[m] for r in by_arm[arm]])) for m in METRICS]
+        cells = [fmt_ci(mean_ci([r[m] for r in by_arm[arm]])) for m in METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if "sftkey_tag" in by_arm:
         lines += ["", "Paired difference, sftkey_tag minus each arm (same seed), mean and 95% t-interval.", "",
@@ -92,15 +92,15 @@ def table(runs, arms):
         for arm in arms:
             if arm == "sftkey_tag":
                 continue
-            cells = [fmt_ci(*paired_diff_ci([r[m] for r in by_arm["sftkey_tag"]], [r[m] for r in by_arm[arm]]),
+            cells = [fmt_ci(paired_difference([r[m] for r in by_arm["sftkey_tag"]], [r[m] for r in by_arm[arm]]),
                             signed=True) for m in METRICS]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def fmt_ci(mean, low, high, signed=False):
+def fmt_ci(ci, signed=False):
     sign = "+" if signed else ""
-    return f"{mean:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+    return f"{ci['mean']:{sign}.3f} [{ci['lo']:{sign}.3f}, {ci['hi']:{sign}.3f}]"
 
 
 def plot(runs, arms, args):
@@ -113,7 +113,7 @@ def plot(runs, arms, args):
     import matplotlib.pyplot as plt
     fig, (ax_acc, ax_nll) = plt.subplots(1, 2, figsize=(12, 4.5))
     means = [mean_ci([r["acc"] for r in runs if r["arm"] == arm]) for arm in arms]
-    ax_acc.bar(arms, [m[0] for m in means], yerr=[[m[0] - m[1] for m in means], [m[2] - m[0] for m in means]],
+    ax_acc.bar(arms, [m["mean"] for m in means], yerr=[[m["half_width"] for m in means]] * 2,
                capsize=4, color="tab:blue")
     ax_acc.set_ylabel("accuracy (95% CI)")
     ax_acc.tick_params(axis="x", rotation=30)

@@ -2,9 +2,9 @@
 
 Extraction (`extract(text, style) -> (answer or None, rule)`):
 
-tagged style: the block closed first. We find the first `</Answer>` and take the text after the
-nearest `<Answer>` before it, stripped; this is also where generation stops, so a second block is
-never read (`<Answer>5</Answer><Answer>6</Answer>` -> "5"; a stray `<Answer>` in the reasoning
+tagged style: the block closed first. We find the first `</Answer>` after an `<Answer>` and take
+the text after the nearest `<Answer>` before it, stripped (a `</Answer>` with no opening tag before
+it is skipped); generation stops at `</Answer>` too, so a second block is never read (`<Answer>5</Answer><Answer>6</Answer>` -> "5"; a stray `<Answer>` in the reasoning
 before the real block is skipped). No `</Answer>` at all but an `<Answer>`: the text after the
 last `<Answer>` to the end, stripped (rule "unclosed"; Fmt marks such outputs as badly formed,
 Acc still judges what the model wrote). No `<Answer>`: None. Tags are matched exactly
@@ -69,16 +69,15 @@ def extract_answer(text, style="tagged"):
 
 
 def _extract_tagged(text):
-    close = text.find(ANSWER_CLOSE)
+    first_open = text.find(ANSWER_OPEN)
+    if first_open < 0:
+        return None, "none"
+    close = text.find(ANSWER_CLOSE, first_open)
     if close >= 0:
         open_ = text.rfind(ANSWER_OPEN, 0, close)
-        if open_ >= 0:
-            return text[open_ + len(ANSWER_OPEN):close].strip(), "answer_tag"
-        return None, "none"
+        return text[open_ + len(ANSWER_OPEN):close].strip(), "answer_tag"
     open_ = text.rfind(ANSWER_OPEN)
-    if open_ >= 0:
-        return text[open_ + len(ANSWER_OPEN):].strip(), "unclosed"
-    return None, "none"
+    return text[open_ + len(ANSWER_OPEN):].strip(), "unclosed"
 
 
 def _extract_plain(text):

@@ -21,7 +21,9 @@ def generate(model, prompts, max_new_tokens, eos_ids, stop_ids=None, temperature
     """Generate continuations of token-id prompts; returns list[list[int]] in prompt order.
 
     eos_ids: int or list of ints; stop_ids: one token sequence (list[int]) or a list of them;
-    temperature 0 means greedy; seed makes sampling reproducible (torch.Generator).
+    temperature 0 means greedy; sampling draws from a torch.Generator seeded with `seed` (0 when
+    None), so a run is reproducible for the same prompts, batch_size and device.
+    pad_id: the token fed for padding and for rows that already finished (never attended to).
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -18,6 +18,7 @@ TAGGED = [
     ("<Thinking>2*21</Thinking><Answer>41<Answer> 42\n", "42", "unclosed"),
     ("<Thinking>no answer block at all, 42</Thinking>", None, "none"),
     ("</Answer> only a closing tag", None, "none"),
+    ("</Answer> a stray closing tag, then <Answer>5</Answer>", "5", "answer_tag"),
     ("<answer>7</answer>", None, "none"),
     ("", None, "none"),
 ]
