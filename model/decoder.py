@@ -94,8 +94,13 @@ class Attention(nn.Module):
             cache.keys[self.layer_idx][:, :, start:end] = k
             cache.values[self.layer_idx][:, :, start:end] = v
             k, v = cache.keys[self.layer_idx][:, :, :end], cache.values[self.layer_idx][:, :, :end]
+        gqa = self.num_heads != self.num_kv_heads
+        if gqa and mask is not None and T > 1:
+            # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
+            groups = self.num_heads // self.num_kv_heads
+            k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
-                                           enable_gqa=self.num_heads != self.num_kv_heads)
+                                           enable_gqa=gqa)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 

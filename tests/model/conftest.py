@@ -53,3 +53,13 @@ def hf_checkpoint(tmp_path_factory):
             made[key] = (model, out)
         return made[key]
     return make
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_transformers_patches():
+    """Undo module-level monkeypatches of transformers after each test module (test_gguf.py
+    patches is_accelerate_available, which breaks sharded save_pretrained in later modules)."""
+    import transformers.modeling_utils as modeling_utils
+    original = modeling_utils.is_accelerate_available
+    yield
+    modeling_utils.is_accelerate_available = original
