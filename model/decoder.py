@@ -99,8 +99,8 @@ class Attention(nn.Module):
             # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
             groups = self.num_heads // self.num_kv_heads
             k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
-                                           enable_gqa=gqa)
+        # without a mask the keys are exactly this call's tokens (or T == 1), so causal is top-left aligned
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=gqa)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -190,15 +190,14 @@ class Decoder(nn.Module):
             start, end = 0, T
         else:
             start, end = cache.length, cache.length + T
-            if segment_ids is None:
-                if not cache.has_segments:
-                    if T == 1:
-                        return None  # one new token sees every cached key
-                    segment_ids = torch.zeros(B, T, dtype=torch.int32, device=device)
-                else:
-                    # no ids given after segmented calls: continue each row's last segment
-                    last = cache.segment_ids[:, start - 1:start] if start > 0 else torch.zeros(B, 1, dtype=torch.int32, device=device)
-                    segment_ids = last.expand(B, T)
+            if segment_ids is None and not cache.has_segments:
+                cache.segment_ids[:, start:end] = 0
+                if T == 1 or start == 0:
+                    return None  # one new token sees every cached key; a first prefill is plain causal
+                segment_ids = cache.segment_ids[:, start:end]
+            elif segment_ids is None:
+                # no ids given after segmented calls: each row continues its last segment
+                segment_ids = cache.segment_ids[:, start - 1:start].expand(B, T)
             else:
                 cache.has_segments = True
             cache.segment_ids[:, start:end] = segment_ids

@@ -103,3 +103,14 @@ def test_cache_overflow_names_max_len(model):
     cache = model.new_cache(1, 4)
     with pytest.raises(ValueError, match="max_len 4"):
         model(_ids(model, (1, 5)), cache=cache)
+
+
+@torch.no_grad()
+def test_reset_cache_is_reusable_after_a_segmented_batch(model):
+    ids = _ids(model, (2, 8))
+    cache = model.new_cache(2, 8)
+    model(ids[:, :6], segment_ids=torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2]]), cache=cache)
+    cache.reset()
+    got = torch.cat([model(ids[:, :3], cache=cache), model(ids[:, 3:5], cache=cache),
+                     model(ids[:, 5:6], cache=cache)], dim=1)
+    assert_close(got, model(ids[:, :6]), **TOL)
