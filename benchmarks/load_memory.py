@@ -5,7 +5,8 @@
 Each loader runs in a fresh subprocess; the table shows the peak resident-memory increase during
 the load (VmHWM after minus VmRSS before, with the high-water mark reset first) as a ratio of the
 checkpoint's weight bytes, right after loading and again after reading every page of every weight
-(a loader that memory-maps the file has its weights resident only once they are read). transformers is only the reference here, never a dependency of model/.
+(a loader that memory-maps the file has its weights resident only once they are read).
+transformers is only the reference here, never a dependency of model/.
 """
 import argparse
 import json

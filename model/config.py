@@ -140,7 +140,8 @@ class ModelConfig:
         arch = self.architecture
         wanted = {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias, "mlp_bias": self.mlp_bias,
                   "qk_norm": self.qk_norm, "nope_layers": bool(self.nope_layers)}
-        allowed = {"qkv_bias": arch != "MistralForCausalLM", "o_bias": arch not in ("MistralForCausalLM", "Qwen2ForCausalLM"),
+        allowed = {"qkv_bias": arch != "MistralForCausalLM",
+                   "o_bias": arch not in ("MistralForCausalLM", "Qwen2ForCausalLM"),
                    "mlp_bias": arch in ("LlamaForCausalLM", "SmolLM3ForCausalLM"),
                    "qk_norm": arch == "Qwen3ForCausalLM", "nope_layers": arch == "SmolLM3ForCausalLM"}
         for name, on in wanted.items():
@@ -177,7 +178,8 @@ def _read_rope(d: dict, default_theta: float) -> tuple[float, dict | None]:
     if rope_type not in ROPE_TYPES:
         raise ConfigError(f"{where}.rope_type: {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
     if scaling.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError(f"{where}.partial_rotary_factor: only 1.0 is supported, got {scaling['partial_rotary_factor']}")
+        raise ConfigError(f"{where}.partial_rotary_factor: only 1.0 is supported, "
+                          f"got {scaling['partial_rotary_factor']}")
     if rope_type == "default":
         return float(theta), None
     out = {"rope_type": rope_type}
