@@ -14,6 +14,7 @@ values parsed as TOML literals: `--set stage2.weights=[0,0,1] --set compile=true
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -253,6 +254,7 @@ def lr_at(step, total, warmup, sc):
     return sc.lr * (sc.min_lr_ratio + (1.0 - sc.min_lr_ratio) * scale)
 
 
+@functools.lru_cache
 def peak_flops(device, precision):
     """Peak matmul FLOP/s for MFU: measured with a large square matmul in the run's precision."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -385,6 +387,29 @@ def forward_hidden(model, batch, device, autocast):
     return hidden.flatten(0, 1), batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
 
 
+def accumulate_gradients(forward_model, model, micro, role_weights, sc, cfg, device, autocast, scaler, where):
+    """Backward over the micro-batches of one optimizer step; returns the step's loss and stats.
+
+    Exact normalisation: every micro-batch's weighted loss sum is divided by the total weight of
+    the whole step, counted before any backward, so 4 micro-batches of 2 equal one batch of 8.
+    """
+    step_weight = sum(role_weights[b["roles"].to(device)].sum() for b in micro)
+    if step_weight.item() == 0:
+        raise TrainError(f"{where}: no supervised token in the batch (role weights {sc.weights})")
+    loss_total, role_sum, role_count, tokens = 0.0, torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES), 0
+    for b in micro:
+        hidden, targets, roles = forward_hidden(forward_model, b, device, autocast)
+        loss_sum, rs, rc = weighted_linear_cross_entropy(
+            hidden, model.output_weight, targets, role_weights[roles], roles,
+            z_loss=sc.z_loss, dft=sc.dft, compile=cfg.compile_loss)
+        scaler.scale(loss_sum / step_weight).backward()
+        loss_total += loss_sum.item()
+        role_sum += rs.cpu()
+        role_count += rc.cpu()
+        tokens += int((b["targets"] != -100).sum())
+    return loss_total / step_weight.item(), role_sum, role_count, tokens
+
+
 # ----------------------------------------------------------------------------- one stage
 
 def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
@@ -414,7 +439,8 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
     step = 0
     if resume_from is not None:
         step = load_train_state(resume_from, optimizer, scaler, sampler)["step"]
-        log.truncate(n, step)
+    if cfg.resume:
+        log.truncate(n, step)  # drop what the killed run logged after its last checkpoint
     flops_per_token = model.flops_per_token(cfg.max_len)
     peak = peak_flops(device, cfg.precision)
     print(f"stage {n}: {total} steps ({steps_per_epoch}/epoch, {accum} micro-batch(es) of "
@@ -432,22 +458,8 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
             group["lr"] = lr
         micro = [collate(train, next(batches), tok.pad_id, packed=cfg.packed, max_len=cfg.max_len)
                  for _ in range(accum)]
-        # exact normalisation: the denominator is the total weight of the whole optimizer step
-        step_weight = sum(role_weights[b["roles"].to(device)].sum() for b in micro)
-        if step_weight.item() == 0:
-            raise TrainError(f"stage {n} step {step + 1}: no supervised token in the batch")
-        loss_total, role_sum, role_count, tokens = 0.0, torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES), 0
-        for b in micro:
-            hidden, targets, roles = forward_hidden(forward_model, b, device, autocast)
-            loss_sum, rs, rc = weighted_linear_cross_entropy(
-                hidden, model.output_weight, targets, role_weights[roles], roles,
-                z_loss=sc.z_loss, dft=sc.dft, compile=cfg.compile_loss)
-            scaler.scale(loss_sum / step_weight).backward()
-            loss_total += loss_sum.item()
-            role_sum += rs.cpu()
-            role_count += rc.cpu()
-            tokens += int((b["targets"] != -100).sum())
-        loss = loss_total / step_weight.item()
+        loss, role_sum, role_count, tokens = accumulate_gradients(
+            forward_model, model, micro, role_weights, sc, cfg, device, autocast, scaler, f"stage {n} step {step + 1}")
         if not math.isfinite(loss):
             raise TrainError(f"stage {n} step {step + 1}: loss is {loss}; stopping, the last "
                              f"checkpoint in {stage_dir} is intact")
@@ -508,7 +520,7 @@ class JsonlLog:
         if not self.path.exists():
             return
         records = [json.loads(line) for line in self.path.read_text().splitlines()]
-        kept = [r for r in records if (r["stage"], r["step"]) <= (stage, step)]
+        kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and 0 < r["step"] <= step)]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def records(self):
