@@ -52,13 +52,14 @@ def run_arm(arm, seed, args, extra):
     results_path = out / "results.json"
     if results_path.exists() and final_stage in json.loads(results_path.read_text()):
         return json.loads(results_path.read_text())
-    argv = ["--config", args.config, "--out", str(out), "--seed", str(seed)] + arm_overrides(arm, args.key_weight)
+    # the arm's own settings come after the user's overrides so that they win
+    argv = ["--config", args.config, "--out", str(out), "--seed", str(seed)] + extra + arm_overrides(arm, args.key_weight)
     if arm == "sft_tag_equal":
         steps = steps_per_stage(Path(args.out) / "sftkey_tag" / f"seed{seed}")
         argv += ["--set", f"stage1.max_steps={steps[1] + steps[2]}"]
     resume = out.joinpath("config.json").exists()
     print(f"== {arm} seed {seed}" + (" (resuming)" if resume else ""), flush=True)
-    return train.main(argv + extra + (["--resume"] if resume else []))
+    return train.main(argv + (["--resume"] if resume else []))
 
 
 def collect(args, extra):
