@@ -75,7 +75,8 @@ def _eos_ids(tok, model):
 
 def _hidden_special_ids(tok):
     """Ids of special tokens to drop before decoding, keeping the tags if they are special."""
-    added = tok.tokenizer.get_added_tokens_decoder()
+    inner = getattr(tok, "tokenizer", None)
+    added = inner.get_added_tokens_decoder() if inner is not None else {}
     ids = {i for i, t in added.items() if t.special and t.content not in TAG_STRINGS}
     ids.update(i for i in (tok.eos_id, tok.pad_id, tok.bos_id) if i is not None)
     return ids

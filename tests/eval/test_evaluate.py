@@ -127,3 +127,11 @@ def test_cli_runs_a_real_decoder_and_names_bad_paths(task, tok, tmp_path, capsys
 def test_bad_style_is_named(tok):
     with pytest.raises(ValueError, match="style"):
         evaluate(None, tok, [], style="tag")
+
+
+def test_tags_registered_as_special_tokens_survive_decoding(task):
+    special_tok = load_tokenizer(task["tokenizer"])
+    special_tok.add_special_tokens(["<Thinking>", "</Thinking>", "<Answer>", "</Answer>"])
+    records, model = scripted(special_tok, RESPONSES[:1])
+    metrics = evaluate(model, special_tok, records, style="tagged", max_new_tokens=64)
+    assert metrics["acc"] == 1.0 and metrics["fmt"] == 1.0
