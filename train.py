@@ -7,6 +7,7 @@ evaluation -> summary table.
     python train.py --config configs/smollm2_gsm8k.toml --set stage1.epochs=1 --set lr_scale=2
     python train.py --config X.toml --stage 2 --init runs/x/stage1/final
     python train.py --resume --out runs/demo          # continue a killed run exactly
+    torchrun --nproc_per_node 8 train.py --config X.toml --parallel fsdp   # several GPUs (or ddp)
 
 Any config field can be overridden with `--set key=value` (repeatable; nested fields with dots,
 values parsed as TOML literals: `--set stage2.weights=[0,0,1] --set compile=true`).
@@ -25,11 +26,17 @@ import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as td
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
@@ -99,6 +106,9 @@ class Config:
     compile: bool = False           # torch.compile the model (the loss kernel: compile_loss)
     compile_loss: bool = True
     grad_checkpointing: bool = False
+    # several processes (launched by torchrun): none | ddp (replicas) | fsdp (FSDP2 sharding)
+    parallel: str = "none"
+    cpu_offload: bool = False       # fsdp: parameter shards, gradients, optimizer state in CPU memory
     # logging, validation, checkpoints, evaluation
     val_every: int = 50             # optimizer steps; 0: only at stage start and end
     ckpt_every: int = 0             # optimizer steps; 0: only at stage end
@@ -148,6 +158,8 @@ def apply_override(cfg, assignment):
     old = getattr(target, name)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = text.strip()  # stage=1, out=2024 are strings
     if old is not None and not isinstance(value, type(old)):
         raise TrainError(f"--set {key}={text}: expected {type(old).__name__}, got {value!r}")
     setattr(target, name, value)
@@ -162,6 +174,7 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="with torchrun: DDP or FSDP2")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     path = Path(args.config) if args.config else DEFAULT_CONFIG
@@ -178,6 +191,7 @@ def parse_args(argv=None):
     if args.resume and saved.exists():
         cfg = config_from_dict(json.loads(saved.read_text()), where=str(saved))  # exactly what was started
     cfg.resume = cfg.resume or args.resume
+    cfg.parallel = args.parallel or cfg.parallel  # a resumed run may change how it is parallelised
     for assignment in args.set:
         apply_override(cfg, assignment)
     if cfg.stage == "2" and not cfg.init:
@@ -235,7 +249,7 @@ def make_optimizer(model, lr, cfg, device):
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" and not cfg.cpu_offload  # offloaded shards step on the CPU
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
@@ -276,6 +290,106 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun launch (rank 0 of 1 without one)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            td.barrier()
+
+    def sum(self, tensor):
+        """Sum over ranks (in place; on the training device, as NCCL needs)."""
+        if self.world > 1:
+            td.all_reduce(tensor)
+        return tensor
+
+
+def setup_distributed(cfg):
+    """Process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    device = resolve_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.parallel not in ("none", "ddp", "fsdp"):
+        raise TrainError(f"config parallel = '{cfg.parallel}': use none, ddp or fsdp")
+    if cfg.parallel == "none":
+        if world > 1:
+            raise TrainError(f"launched as {world} processes but parallel = 'none': add --parallel ddp|fsdp")
+        return Dist(), device
+    if "RANK" not in os.environ:
+        raise TrainError(f"--parallel {cfg.parallel}: launch with torchrun (e.g. torchrun --nproc_per_node 2 "
+                         "train.py ...)")
+    if cfg.parallel == "fsdp" and cfg.precision == "fp16":
+        raise TrainError("--parallel fsdp with precision = 'fp16': use bf16 (no sharded gradient scaler here)")
+    dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    # long timeout: the other ranks wait while rank 0 evaluates at the end of a stage
+    td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3))
+    return dist, device
+
+
+def amp_dtype(cfg):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.precision]
+
+
+class LossHead(nn.Module):
+    """The decoder and the fused loss in one forward. Under FSDP2 this is the root module: its
+    parameters (embedding, final norm, output weight, tied or not) are unsharded only inside its
+    forward, so the loss that reads the output weight must run there."""
+
+    def __init__(self, model, autocast, device):
+        super().__init__()
+        self.model, self.autocast, self.device = model, autocast, device
+
+    def forward(self, batch, role_weights, z_loss=0.0, dft=False, compile=True):
+        hidden, targets, roles = forward_hidden(self.model, batch, self.device, self.autocast)
+        return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, role_weights[roles],
+                                             roles, z_loss=z_loss, dft=dft, compile=compile)
+
+
+def wrap_model(model, cfg, dist, device):
+    """The module the loop calls: LossHead around the (compiled) decoder, in DDP or sharded by FSDP2."""
+    amp = amp_dtype(cfg)
+    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+    head = LossHead(torch.compile(model) if cfg.compile else model, autocast, device)
+    if cfg.parallel == "ddp":
+        return DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        # the batch dict carries float role weights: leave the root's inputs uncast
+        opts = dict(mesh=init_device_mesh(device.type, (dist.world,)),
+                    mp_policy=MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=False),
+                    offload_policy=CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy())
+        for block in model.layers:
+            fully_shard(block, **opts)
+        fully_shard(head, **opts)
+    return head
+
+
+@contextlib.contextmanager
+def grad_sync(head, last):
+    """Reduce gradients across ranks only on the last micro-batch of an optimizer step."""
+    if isinstance(head, DistributedDataParallel) and not last:
+        with head.no_sync():
+            yield
+        return
+    if hasattr(head, "set_requires_gradient_sync"):  # an FSDP2 module
+        head.set_requires_gradient_sync(last)
+    yield
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def rng_state():
@@ -298,17 +412,41 @@ def set_rng_state(tensors, meta):
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
 
 
-def save_checkpoint(path, model, tok, optimizer, scaler, sampler, state, cfg):
-    """HF model dir + train_state/, written under a temporary name and renamed into place."""
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on rank 0's CPU
+
+
+def gathered_model(head, model, cfg):
+    """A whole decoder on rank 0 (None elsewhere); FSDP2 shards are gathered (every rank calls this)."""
+    if cfg.parallel != "fsdp":
+        return model
+    tensors = get_model_state_dict(head, options=FULL_STATE)
+    if not tensors:
+        return None
+    with torch.device("meta"):
+        whole = Decoder(model.config)
+    whole.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()}, assign=True)
+    return whole
+
+
+def save_checkpoint(path, head, model, tok, optimizer, scaler, sampler, state, cfg, dist=Dist()):
+    """HF model dir + train_state/, written by rank 0 under a temporary name and renamed into place.
+
+    The optimizer state is saved whole (gathered, keyed by parameter name), so a run resumes with
+    any number of ranks and either of none / ddp / fsdp.
+    """
     path = Path(path)
+    whole = gathered_model(head, model, cfg)
+    opt = get_optimizer_state_dict(head, optimizer, options=FULL_STATE)
+    if not dist.main:
+        dist.barrier()
+        return
     tmp = path.parent / f".tmp-{path.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp, tokenizer_dir=tok.path)
+    save_pretrained(whole, tmp, tokenizer_dir=tok.path)
     ts = tmp / "train_state"
     ts.mkdir()
-    opt = optimizer.state_dict()
-    tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
-               for i, s in opt["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    tensors = {f"state.{name}.{k}": v.detach().cpu().contiguous()
+               for name, s in opt["state"].items() for k, v in s.items() if torch.is_tensor(v)}
     save_file(tensors, ts / "optimizer.safetensors")
     rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, ts / "rng.safetensors")
@@ -321,18 +459,26 @@ def save_checkpoint(path, model, tok, optimizer, scaler, sampler, state, cfg):
         shutil.rmtree(path)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+    dist.barrier()
 
 
-def load_train_state(path, optimizer, scaler, sampler):
+def load_train_state(path, head, optimizer, scaler, sampler):
+    """Every rank reads the whole state (a filesystem all ranks see) and keeps its share."""
     ts = Path(path) / "train_state"
     meta = json.loads((ts / "state.json").read_text())
     tensors = load_file(ts / "optimizer.safetensors")
     opt_state = {}
     for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        opt_state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    sampler.load_state_dict(meta["sampler"])
+        param, key = name.removeprefix("state.").rsplit(".", 1)
+        opt_state.setdefault(param, {})[key] = value
+    set_optimizer_state_dict(head, optimizer, {"state": opt_state, "param_groups": meta["param_groups"]},
+                             options=StateDictOptions(full_state_dict=True))
+    saved = meta["sampler"]
+    # rank 0's position stands for every rank (equal batch counts); another world size restarts at the
+    # same global micro-batch, exact unless it is not a multiple of the new world size
+    consumed = saved["position"] * saved["world_size"]
+    sampler.load_state_dict(dict(saved, rank=sampler.rank, world_size=sampler.world_size,
+                                 position=consumed // sampler.world_size))
     if scaler is not None and meta["scaler"]:
         scaler.load_state_dict(meta["scaler"])
     set_rng_state(load_file(ts / "rng.safetensors"), meta["rng"])
@@ -363,19 +509,22 @@ def step_checkpoints(stage_dir):
 # ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
-def validate(model, val, tok, device, autocast, cfg):
-    """Mean NLL of the CoT and of the Key tokens on held-out data (all roles weighted 1)."""
-    model.eval()
-    sums, counts = torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES)
-    for start in range(0, len(val), cfg.micro_batch_size):
-        batch = collate(val, list(range(start, min(len(val), start + cfg.micro_batch_size))), tok.pad_id)
-        hidden, targets, roles = forward_hidden(model, batch, device, autocast)
-        weights = ((roles == COT) | (roles == KEY)).float()
-        _, role_sum, role_count = weighted_linear_cross_entropy(
-            hidden, model.output_weight, targets, weights, roles, compile=cfg.compile_loss)
-        sums += role_sum.cpu()
-        counts += role_count.cpu()
-    model.train()
+def validate(head, val, tok, device, cfg, dist=Dist()):
+    """Mean NLL of the CoT and of the Key tokens on held-out data (all roles weighted 1), with the
+    micro-batches shared out over the ranks and the sums added up."""
+    head.eval()
+    weights = torch.zeros(NUM_ROLES, device=device)
+    weights[[COT, KEY]] = 1.0
+    starts = list(range(0, len(val), cfg.micro_batch_size))
+    padded = starts + starts[:-len(starts) % dist.world]  # same forward count on every rank (FSDP gathers)
+    stats = torch.zeros(2, NUM_ROLES, dtype=torch.float64, device=device)
+    for i in range(dist.rank, len(padded), dist.world):
+        indices = list(range(padded[i], min(len(val), padded[i] + cfg.micro_batch_size)))
+        _, role_sum, role_count = head(collate(val, indices, tok.pad_id), weights, compile=cfg.compile_loss)
+        if i < len(starts):
+            stats += torch.stack((role_sum, role_count)).double()
+    sums, counts = dist.sum(stats).cpu()
+    head.train()
     return {f"val_{ROLE_NAMES[r]}_nll": (sums[r] / counts[r]).item() for r in (COT, KEY) if counts[r] > 0}
 
 
@@ -387,59 +536,67 @@ def forward_hidden(model, batch, device, autocast):
     return hidden.flatten(0, 1), batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
 
 
-def accumulate_gradients(forward_model, model, micro, role_weights, sc, cfg, device, autocast, scaler, where):
-    """Backward over the micro-batches of one optimizer step; returns the step's loss and stats.
+def accumulate_gradients(head, model, micro, role_weights, sc, cfg, device, autocast, scaler, where, dist=Dist()):
+    """Backward over this rank's micro-batches of one optimizer step; returns the step's loss and
+    stats summed over all ranks. head: a LossHead (in DDP / FSDP2) or a bare decoder to wrap.
 
     Exact normalisation: every micro-batch's weighted loss sum is divided by the total weight of
-    the whole step, counted before any backward, so 4 micro-batches of 2 equal one batch of 8.
+    the whole step (all micro-batches of all ranks), counted before any backward, so 4 micro-batches
+    of 2, or 2 ranks x 2 micro-batches of 2, equal one batch of 8.
     """
-    step_weight = sum(role_weights[b["roles"].to(device)].sum() for b in micro)
+    if not isinstance(head, (LossHead, DistributedDataParallel)):
+        head = LossHead(head, autocast, device)
+    step_weight = dist.sum(sum(role_weights[b["roles"].to(device)].sum() for b in micro))
     if step_weight.item() == 0:
         raise TrainError(f"{where}: no supervised token in the batch (role weights {sc.weights})")
     loss_total, role_sum, role_count, tokens = 0.0, torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES), 0
-    for b in micro:
-        hidden, targets, roles = forward_hidden(forward_model, b, device, autocast)
-        loss_sum, rs, rc = weighted_linear_cross_entropy(
-            hidden, model.output_weight, targets, role_weights[roles], roles,
-            z_loss=sc.z_loss, dft=sc.dft, compile=cfg.compile_loss)
-        scaler.scale(loss_sum / step_weight).backward()
+    for i, b in enumerate(micro):
+        with grad_sync(head, last=i == len(micro) - 1):
+            loss_sum, rs, rc = head(b, role_weights, sc.z_loss, sc.dft, cfg.compile_loss)
+            # DDP and FSDP average gradients over ranks, but step_weight already counts every rank
+            scaler.scale(loss_sum * dist.world / step_weight).backward()
         loss_total += loss_sum.item()
         role_sum += rs.cpu()
         role_count += rc.cpu()
         tokens += int((b["targets"] != -100).sum())
+    if dist.world > 1:
+        totals = dist.sum(torch.tensor([loss_total, tokens, *role_sum, *role_count], dtype=torch.float64,
+                                       device=device)).cpu()
+        loss_total, tokens = totals[0].item(), int(totals[1])
+        role_sum, role_count = totals[2:2 + NUM_ROLES], totals[2 + NUM_ROLES:]
     return loss_total / step_weight.item(), role_sum, role_count, tokens
 
 
 # ----------------------------------------------------------------------------- one stage
 
-def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
+def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=None, dist=Dist()):
+    """One stage; head = wrap_model(model, ...) (the module every rank calls), model = the decoder."""
     sc = cfg.stage1 if n == 1 else cfg.stage2
     if len(sc.weights) != 3 or min(sc.weights) < 0 or sum(sc.weights[1:]) == 0:
         raise TrainError(f"stage{n}.weights = {sc.weights}: need 3 non-negative role weights "
                          "(PROMPT, COT, KEY) with COT or KEY above 0")
     role_weights = torch.tensor(list(sc.weights) + [0.0] * (NUM_ROLES - 3), device=device)
-    world, rank = 1, 0
+    world = dist.world
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise TrainError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-                         f"{cfg.micro_batch_size} x {world} rank(s)")
+                         f"{cfg.micro_batch_size} x {world} rank(s): each optimizer step gives every rank "
+                         "the same whole number of micro-batches; change batch_size, micro_batch_size "
+                         "or the number of processes")
     accum = cfg.batch_size // (cfg.micro_batch_size * world)
     sampler = BatchSampler(train.lengths, cfg.micro_batch_size, seed=cfg.seed * 1000 + n,
-                           rank=rank, world_size=world, packed=cfg.packed,
+                           rank=dist.rank, world_size=world, packed=cfg.packed,
                            max_tokens=cfg.max_len if cfg.packed else None)
     steps_per_epoch = max(1, sampler.batches_per_epoch // accum)
     total = sc.max_steps or max(1, math.ceil(sc.epochs * steps_per_epoch))
     warmup = sc.warmup_steps or int(round(sc.warmup_epochs * steps_per_epoch))
     optimizer = make_optimizer(model, sc.lr, cfg, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.precision]
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    forward_model = torch.compile(model) if cfg.compile else model
     stage_dir = Path(cfg.out) / f"stage{n}"
     stage_dir.mkdir(parents=True, exist_ok=True)
     step = 0
     if resume_from is not None:
-        step = load_train_state(resume_from, optimizer, scaler, sampler)["step"]
-    if cfg.resume:
+        step = load_train_state(resume_from, head, optimizer, scaler, sampler)["step"]
+    if cfg.resume and dist.main:
         log.truncate(n, step)  # drop what the killed run logged after its last checkpoint
     flops_per_token = model.flops_per_token(cfg.max_len)
     peak = peak_flops(device, cfg.precision)
@@ -447,10 +604,10 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
           f"{cfg.micro_batch_size}), lr {sc.lr:g}, warmup {warmup}, weights {sc.weights}"
           + (f", resuming at step {step}" if step else ""))
     if step == 0 and val is not None:
-        log.write(dict(stage=n, step=0, type="val", **validate(forward_model, val, tok, device, autocast, cfg)))
+        log.write(dict(stage=n, step=0, type="val", **validate(head, val, tok, device, cfg, dist)))
     batches = (indices for _ in iter(int, 1) for indices in sampler)  # endless, epoch after epoch
-    model.train()
-    bar = tqdm(total=total, initial=step, desc=f"stage {n}", dynamic_ncols=True, disable=None)
+    head.train()
+    bar = tqdm(total=total, initial=step, desc=f"stage {n}", dynamic_ncols=True, disable=None if dist.main else True)
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, warmup, sc)
@@ -459,12 +616,13 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
         micro = [collate(train, next(batches), tok.pad_id, packed=cfg.packed, max_len=cfg.max_len)
                  for _ in range(accum)]
         loss, role_sum, role_count, tokens = accumulate_gradients(
-            forward_model, model, micro, role_weights, sc, cfg, device, autocast, scaler, f"stage {n} step {step + 1}")
+            head, model, micro, role_weights, sc, cfg, device, None, scaler, f"stage {n} step {step + 1}", dist)
         if not math.isfinite(loss):
             raise TrainError(f"stage {n} step {step + 1}: loss is {loss}; stopping, the last "
                              f"checkpoint in {stage_dir} is intact")
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()  # FSDP2
         if not math.isfinite(grad_norm) and not scaler.is_enabled():
             raise TrainError(f"stage {n} step {step + 1}: gradient norm is {grad_norm}; stopping, "
                              f"the last checkpoint in {stage_dir} is intact")
@@ -476,7 +634,7 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
         dt = time.perf_counter() - t0
         record = dict(stage=n, step=step, type="train", loss=loss, lr=lr, grad_norm=grad_norm,
                       tokens_per_s=tokens / dt, supervised_tokens=int(role_count.sum()),
-                      mfu=flops_per_token * tokens / dt / peak,
+                      mfu=flops_per_token * tokens / dt / (peak * world),
                       peak_mem_gb=peak_memory_gb(device))
         for r in (COT, KEY):
             if role_count[r] > 0:
@@ -485,17 +643,18 @@ def run_stage(n, cfg, model, tok, train, val, device, log, resume_from=None):
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:.0f}")
         bar.update(1)
         if val is not None and ((cfg.val_every and step % cfg.val_every == 0) or step == total):
-            log.write(dict(stage=n, step=step, type="val", **validate(forward_model, val, tok, device, autocast, cfg)))
+            log.write(dict(stage=n, step=step, type="val", **validate(head, val, tok, device, cfg, dist)))
         state = dict(stage=n, step=step, total_steps=total, done=step == total)
-        if step == total:
-            save_checkpoint(stage_dir / "final", model, tok, optimizer, scaler, sampler, state, cfg)
-        elif cfg.ckpt_every and step % cfg.ckpt_every == 0:
-            save_checkpoint(stage_dir / f"step_{step:06d}", model, tok, optimizer, scaler, sampler, state, cfg)
-            for old in step_checkpoints(stage_dir)[:-cfg.keep_last]:
+        saved = (stage_dir / "final" if step == total else
+                 stage_dir / f"step_{step:06d}" if cfg.ckpt_every and step % cfg.ckpt_every == 0 else None)
+        if saved is not None:
+            save_checkpoint(saved, head, model, tok, optimizer, scaler, sampler, state, cfg, dist)
+            for old in step_checkpoints(stage_dir)[:-cfg.keep_last] if dist.main and step < total else []:
                 shutil.rmtree(old)
     bar.close()
-    for old in step_checkpoints(stage_dir):
+    for old in step_checkpoints(stage_dir) if dist.main else []:
         shutil.rmtree(old)
+    dist.barrier()
     return stage_dir / "final"
 
 
@@ -509,10 +668,12 @@ def peak_memory_gb(device):
 class JsonlLog:
     """One JSON line per optimizer step or validation; on resume, lines past the checkpoint go."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, enabled=True):
+        self.path, self.enabled = Path(path), enabled  # only rank 0 writes
 
     def write(self, record):
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -547,7 +708,9 @@ def evaluate_stage(n, model, tok, records, cfg, device):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    device = resolve_device(cfg.device)
+    dist, device = setup_distributed(cfg)
+    if not dist.main:
+        sys.stdout = open(os.devnull, "w")  # rank 0 prints for everyone; errors still reach stderr
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -555,39 +718,48 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(json.dumps(dataclasses.asdict(cfg), indent=1))
-    if not cfg.resume:
-        for old in [out / "log.jsonl", out / "results.json"] + list(out.glob("stage[12]")):
-            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
-    for tmp in out.glob("stage*/.tmp-*"):
-        shutil.rmtree(tmp)  # a checkpoint interrupted while being written
-
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            for old in [out / "log.jsonl", out / "results.json"] + list(out.glob("stage[12]")):
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+        for tmp in out.glob("stage*/.tmp-*"):
+            shutil.rmtree(tmp)  # a checkpoint interrupted while being written
+    if dist.local_rank != 0:
+        dist.barrier()  # each node's first process writes the data caches, the others then read them
     tok, train, val, eval_records = build_data(cfg)
+    if dist.local_rank == 0:
+        dist.barrier()
     print(f"data: {len(train)} train, {len(val) if val else 0} validation, {len(eval_records)} eval "
           f"examples; {json.dumps(train.stats)}")
     model = build_model(cfg, tok, device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
-    log = JsonlLog(out / "log.jsonl")
+    log = JsonlLog(out / "log.jsonl", enabled=dist.main)
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
     results = json.loads((out / "results.json").read_text()) if cfg.resume and (out / "results.json").exists() else {}
+    head = None  # the wrapped model, kept from stage 1 to stage 2 (FSDP2 shards a module only once)
     for n in stages:
         stage_dir = out / f"stage{n}"
         final = stage_dir / "final"
         if cfg.resume and (final / "train_state" / "state.json").exists():
-            model = load_pretrained(final, dtype=torch.float32, device=device)
+            model, head = load_pretrained(final, dtype=torch.float32, device=device), None
             print(f"stage {n}: already finished in {final}")
         else:
             resume_from = step_checkpoints(stage_dir)[-1] if cfg.resume and step_checkpoints(stage_dir) else None
             if resume_from is not None:
-                model = load_pretrained(resume_from, dtype=torch.float32, device=device)
+                model, head = load_pretrained(resume_from, dtype=torch.float32, device=device), None
             model.gradient_checkpointing = cfg.grad_checkpointing
-            final = run_stage(n, cfg, model, tok, train, val, device, log, resume_from)
+            head = head or wrap_model(model, cfg, dist, device)
+            final = run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from, dist)
         if cfg.eval and eval_records and f"stage{n}" not in results:
-            results[f"stage{n}"] = evaluate_stage(n, model, tok, eval_records, cfg, device)
-            write_json(out / "results.json", results)
+            if dist.main:  # on rank 0 alone, with the whole model (FSDP2: the checkpoint just written)
+                whole = load_pretrained(final, dtype=torch.float32, device=device) if cfg.parallel == "fsdp" else model
+                results[f"stage{n}"] = evaluate_stage(n, whole, tok, eval_records, cfg, device)
+                write_json(out / "results.json", results)
+            dist.barrier()
     print_summary(results, stages, out)
     return results
 
@@ -611,3 +783,6 @@ if __name__ == "__main__":
         sys.exit(f"train.py: {e}")
     except KeyboardInterrupt:
         sys.exit("train.py: interrupted (resume with --resume)")
+    finally:
+        if td.is_initialized():
+            td.destroy_process_group()
