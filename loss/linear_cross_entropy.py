@@ -9,6 +9,7 @@ import torch
 from loss.chunk_kernel import get_chunk_kernel
 
 DEFAULT_CHUNK_SIZE = 256
+_GRAD_WEIGHT_BLOCK = 16384
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -101,8 +102,21 @@ def _chunked_forward_backward(hidden, weight, targets, token_weights, matmul_dty
         if grad_hidden is not None:
             grad_hidden[start:end] = chunk_grad_hidden
         if grad_weight is not None:
-            grad_weight.addmm_(grad_logits.t(), h.float())
+            _accumulate_grad_weight(grad_weight, grad_logits, h)
+        # free this chunk's [C, V] buffer before the next chunk allocates its own
+        del grad_logits, chunk_grad_hidden
     return loss_sum, nll, grad_hidden, grad_weight
+
+
+def _accumulate_grad_weight(grad_weight, grad_logits, hidden):
+    """grad_weight (fp32) += grad_logits^T @ hidden, with the matmul in the inputs' dtype."""
+    if grad_logits.dtype == grad_weight.dtype:
+        grad_weight.addmm_(grad_logits.t(), hidden)
+        return
+    # a low-precision matmul per vocab block keeps the temporary small and the sum in fp32
+    for start in range(0, grad_weight.shape[0], _GRAD_WEIGHT_BLOCK):
+        end = start + _GRAD_WEIGHT_BLOCK
+        grad_weight[start:end] += grad_logits[:, start:end].t() @ hidden
 
 
 def _matmul_dtype(hidden, weight):
