@@ -10,13 +10,16 @@ tokens weighted, the rest weight 0). Peers on CUDA when importable: Liger Kernel
 cross-entropy and Apple's Cut Cross-Entropy (given the 0/1 weights as ignore_index targets).
 
 Memory method. Each (implementation, case) runs in a fresh subprocess so no allocator state leaks
-between cases. The child builds the inputs and runs forward + backward once (warm-up: torch.compile,
-allocator caches), drops the gradients, then measures one more forward + backward:
+between cases. The child builds the inputs and, except for the naive loss (nothing to compile),
+runs forward + backward once as a warm-up (torch.compile), drops the gradients, then measures one
+more forward + backward:
   * CPU: it resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs resets VmHWM,
     Linux >= 4.0), reads VmRSS as the baseline, runs, and reports VmHWM - baseline. Tensors this
     size are mmap-ed by glibc and unmapped when freed, so the RSS follows the live tensors; the
     gradients of hidden and weight (needed by every method) are included in the peak.
   * CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the run.
+"grads MiB" is the size of the two gradients every method must return (hidden and weight, fp32
+here); "working MiB" = peak extra - grads, the loss's own temporaries (logits, casts, buffers).
 Time is the minimum over the timed repeats (the measured run plus --repeats - 1 more), because the
 machine is shared and noise only ever adds time.
 """
@@ -97,7 +100,8 @@ def run_child(args):
         hidden.grad = weight.grad = None
         return value
 
-    step()
+    if args.impl != "naive":
+        step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -112,8 +116,9 @@ def run_child(args):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    grad_bytes = sum(t.numel() * t.element_size() for t in (hidden, weight))
     print(json.dumps({"seconds": min(times), "peak_extra_bytes": peak - baseline,
-                      "loss": loss_value}))
+                      "grad_bytes": grad_bytes, "loss": loss_value}))
 
 
 def run_case(args, impl, dtype, stage):
@@ -169,7 +174,8 @@ def main():
     print(f"device {args.device}, {args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, "
           f"chunk {args.chunk_size}, compile {not args.no_compile}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
-    header = "| dtype | stage | impl | time s | x naive | peak extra MiB | x naive | loss |"
+    header = ("| dtype | stage | impl | time s | x naive | peak extra MiB | x naive | grads MiB "
+              "| working MiB | x naive | loss |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for dtype in args.dtypes.split(","):
@@ -178,16 +184,20 @@ def main():
             for impl in impls:
                 result = run_case(args, impl, dtype, stage)
                 if result is None:
-                    print(f"| {dtype} | {stage} | {impl} | failed | | | | |", flush=True)
+                    print(f"| {dtype} | {stage} | {impl} | failed |" + " |" * 7, flush=True)
                     continue
                 if impl == "naive":
                     naive = result
                 time_ratio = f"{result['seconds'] / naive['seconds']:.3f}" if naive else "-"
                 mem_ratio = (f"{result['peak_extra_bytes'] / naive['peak_extra_bytes']:.3f}"
                              if naive else "-")
+                working = result["peak_extra_bytes"] - result["grad_bytes"]
+                working_ratio = (f"{working / (naive['peak_extra_bytes'] - naive['grad_bytes']):.3f}"
+                                 if naive else "-")
                 print(f"| {dtype} | {stage} | {impl} | {result['seconds']:.2f} | {time_ratio} | "
                       f"{result['peak_extra_bytes'] / 2**20:.0f} | {mem_ratio} | "
-                      f"{result['loss']:.2f} |", flush=True)
+                      f"{result['grad_bytes'] / 2**20:.0f} | {working / 2**20:.0f} | "
+                      f"{working_ratio} | {result['loss']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
