@@ -190,6 +190,7 @@ def parse_args(argv=None):
     saved = Path(cfg.out) / "config.json"
     if args.resume and saved.exists():
         cfg = config_from_dict(json.loads(saved.read_text()), where=str(saved))  # exactly what was started
+        cfg.out = str(saved.parent)  # the run may have been moved or copied since
     cfg.resume = cfg.resume or args.resume
     cfg.parallel = args.parallel or cfg.parallel  # a resumed run may change how it is parallelised
     for assignment in args.set:
