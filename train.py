@@ -321,6 +321,9 @@ def setup_distributed(cfg):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.parallel not in ("none", "ddp", "fsdp"):
         raise TrainError(f"config parallel = '{cfg.parallel}': use none, ddp or fsdp")
+    if cfg.cpu_offload and (cfg.parallel != "fsdp" or device.type != "cuda"):
+        raise TrainError("cpu_offload = true needs --parallel fsdp on CUDA devices (it moves FSDP2 shards "
+                         "from the GPUs to CPU memory)")
     if cfg.parallel == "none":
         if world > 1:
             raise TrainError(f"launched as {world} processes but parallel = 'none': add --parallel ddp|fsdp")

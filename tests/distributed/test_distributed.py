@@ -144,3 +144,6 @@ def test_launch_errors_name_the_setting(tmp_path, monkeypatch):
     cfg.parallel = "fsdp"
     with pytest.raises(train.TrainError, match="launch with torchrun"):
         train.setup_distributed(cfg)
+    cfg.cpu_offload = True
+    with pytest.raises(train.TrainError, match="cpu_offload = true needs --parallel fsdp on CUDA"):
+        train.setup_distributed(cfg)
