@@ -41,9 +41,10 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x, cos, sin_signed):
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) * sin = roll(x) * [-sin, sin]: one
+    kernel instead of chunk + neg + cat, and exactly the same numbers."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 class KVCache:
@@ -78,17 +79,16 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(B, T, self.num_heads, self.head_dim)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        qk, v = self.qkv(x).split([(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
+        # q and k side by side [B, T, heads + kv_heads, head_dim]: RoPE runs once over both
+        qk = qk.view(B, T, heads + kv_heads, head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            qk = torch.cat((self.q_norm(qk[:, :, :heads]), self.k_norm(qk[:, :, heads:])), dim=2)
         if self.use_rope:
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            qk = apply_rope(qk, cos, sin)
+        q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
+        v = v.view(B, T, kv_heads, head_dim).transpose(1, 2)
         if cache is not None:
             start, end = cache.length, cache.length + T
             cache.keys[self.layer_idx][:, :, start:end] = k
@@ -157,7 +157,10 @@ class Decoder(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + T, device=device).expand(B, T)
         x = self.embed(input_ids)
-        cos, sin = self._rope(positions, x.dtype)
+        # RoPE in the dtype q and k come out of the qkv matmul: the autocast dtype when it is on
+        # (fp32 tables would promote q and k to fp32 and cost a cast back before attention)
+        autocast = torch.is_autocast_enabled(device.type)
+        cos, sin = self._rope(positions, torch.get_autocast_dtype(device.type) if autocast else x.dtype)
         mask = self._mask(segment_ids, cache, B, T, device)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
@@ -172,13 +175,15 @@ class Decoder(nn.Module):
         return F.linear(x, self.output_weight)
 
     def _rope(self, positions, dtype):
-        """cos/sin [B, 1, T, head_dim] for the given positions, computed once for all layers."""
+        """cos and [-sin, sin] (see apply_rope) [B, T, 1, head_dim] for the given positions, in
+        float32 then cast to dtype, computed once for all layers."""
         device = positions.device
         if device not in self._inv_freq:
             self._inv_freq[device] = rope_inv_freq(self.config).to(device)
         freqs = positions.float()[..., None] * self._inv_freq[device]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+        cos, sin = freqs.cos(), freqs.sin()
+        return (torch.cat((cos, cos), dim=-1).to(dtype)[:, :, None],
+                torch.cat((-sin, sin), dim=-1).to(dtype)[:, :, None])
 
     def _mask(self, segment_ids, cache, B, T, device):
         """Boolean [B, 1, T, S] mask (True = attend), or None where SDPA needs none: key j is visible

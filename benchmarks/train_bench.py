@@ -1,0 +1,361 @@
+"""Training-step throughput, MFU, peak memory and stage 2 vs stage 1, ours against transformers.
+
+One step = what train.py does per optimizer step with one micro-batch: forward, loss, backward,
+clip_grad_norm_, AdamW step, zero_grad.
+  * ours: Decoder(..., return_hidden=True) + loss.weighted_linear_cross_entropy (the output layer
+    is fused into the chunked loss; no [N, V] logits).
+  * transformers: AutoModelForCausalLM(...).logits + F.cross_entropy (materialised logits).
+Same random SmolLM2-135M-shaped weights for both (30 layers, hidden 576, 9/3 heads, MLP 1536,
+vocab 49152, tied), same batch, sequence length and precision (bf16 autocast over fp32 master
+weights, or fp32). Steps run alternately (ours, theirs, ours, theirs, ...) so load from other
+processes hits both alike; the ratio is taken per pair and the median reported.
+
+    python benchmarks/train_bench.py                         # all tables, CPU
+    python benchmarks/train_bench.py --batch 2 --seq 256 --pairs 3 --tables speed
+    python benchmarks/train_bench.py --tables memory         # peak RSS, one subprocess per side
+    python benchmarks/train_bench.py --tables stages         # stage 2 vs stage 1, ours only
+    python benchmarks/train_bench.py --compile --device cuda
+
+MFU = model.flops_per_token(seq) x tokens/s / matmul rate, the rate measured in the same run
+(2048^3 square matmul in the step's precision, right after each pair; the pair's own rate is used).
+Memory: each side in a fresh subprocess (no transformers import on our side, as in train.py);
+peak RSS (VmHWM) over the whole process, and the peak above the RSS once the model is built.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+SMOLLM2_135M = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152,
+                    hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=2)
+QWEN25_05B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=151936,
+                  hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  bos_token_id=151643, eos_token_id=151643, pad_token_id=151643)
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def shape(base, layers):
+    return dict(base, num_hidden_layers=layers or base["num_hidden_layers"])
+
+
+def make_batch(batch, seq, vocab, key_fraction, device, seed=0):
+    """Random ids; targets = next id (-100 on the last position); the last key_fraction of each
+    row are Key tokens (role 2), the rest CoT (role 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq + 1), generator=gen)
+    targets = ids[:, 1:].clone()
+    targets[:, -1] = -100
+    roles = torch.ones(batch, seq, dtype=torch.long)
+    roles[:, seq - max(1, round(key_fraction * seq)):] = 2
+    roles[targets == -100] = 3
+    return {k: v.to(device) for k, v in
+            dict(input_ids=ids[:, :-1].contiguous(), targets=targets, roles=roles).items()}
+
+
+def build_ours(hf_dict, device, seed=0):
+    from model import Decoder, ModelConfig
+    model = Decoder(ModelConfig.from_hf_dict(hf_dict))
+    model.init_weights(seed)
+    return model.to(device).train()
+
+
+def build_hf(hf_dict, device):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model(**{k: v for k, v in hf_dict.items() if k != "architectures"})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                             dtype=torch.float32)
+    return model.to(device).train()
+
+
+def copy_ours_into_hf(ours, hf):
+    """Give transformers our weights (our save_pretrained writes the HF names)."""
+    import tempfile
+
+    from model import save_pretrained
+    from safetensors.torch import load_file
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(ours, tmp)
+        state = {}
+        for name in sorted(os.listdir(tmp)):
+            if name.endswith(".safetensors"):
+                state.update(load_file(os.path.join(tmp, name)))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise RuntimeError(f"weight copy: missing {missing}, unexpected {unexpected}")
+
+
+ADAMW = "fused"  # set from --adamw
+
+
+def make_optimizer(model):
+    # as train.py: decay on 2-D+ parameters only; "train": fused only on CUDA, as train.py today
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    fused = ADAMW == "fused" or next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=1e-5, fused=fused)
+
+
+def autocast_for(precision, device):
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss, loss_in_autocast):
+    from loss import weighted_linear_cross_entropy
+    autocast = autocast_for(precision, batch["input_ids"].device)
+    with autocast:
+        hidden = forward(batch["input_ids"], return_hidden=True).flatten(0, 1)
+    # train.py calls the loss outside autocast (its output matmul then runs in fp32)
+    with autocast if loss_in_autocast else torch.autocast("cpu", enabled=False):
+        loss_sum, _, _ = weighted_linear_cross_entropy(
+            hidden, model.output_weight, batch["targets"].flatten(), weights,
+            batch["roles"].flatten(), compile=compile_loss)
+    loss = loss_sum / weights.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def hf_step(model, forward, optimizer, batch, precision):
+    with autocast_for(precision, batch["input_ids"].device):
+        logits = forward(input_ids=batch["input_ids"]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def matmul_rate(precision, device, n=2048, reps=3):
+    """FLOP/s of an n x n x n matmul in the step's matmul dtype (best of reps)."""
+    dtype = PRECISIONS[precision] or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = min(timed(lambda: a @ b, device)[0] for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def load_average():
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def speed_table(args, device):
+    hf_dict = shape(SMOLLM2_135M, args.layers)
+    ours = build_ours(hf_dict, device)
+    hf = build_hf(hf_dict, device)
+    copy_ours_into_hf(ours, hf)
+    ours_forward = torch.compile(ours) if args.compile else ours
+    hf_forward = torch.compile(hf) if args.compile else hf
+    batch = make_batch(args.batch, args.seq, hf_dict["vocab_size"], 1.0, device)
+    weights = (batch["targets"].flatten() != -100).float()
+    tokens = args.batch * args.seq
+    flops = ours.flops_per_token(args.seq)
+    rows = []
+    print(f"\n## Training step, SmolLM2-135M shape ({hf_dict['num_hidden_layers']} layers), "
+          f"batch {args.batch} x seq {args.seq}, compile={'on' if args.compile else 'off'}, "
+          f"device {device}, threads {torch.get_num_threads()}, load avg {load_average()}\n")
+    print(f"model FLOPs/token (6N + attention) = {flops / 1e6:.1f} M; {args.pairs} alternating "
+          f"pairs after 1 warm-up step each; medians\n", flush=True)
+    for precision in args.precisions.split(","):
+        opt_ours, opt_hf = make_optimizer(ours), make_optimizer(hf)
+        run_ours = lambda: ours_step(ours, ours_forward, opt_ours, batch, weights, precision,
+                                     args.compile_loss, not args.loss_outside_autocast)
+        run_hf = lambda: hf_step(hf, hf_forward, opt_hf, batch, precision)
+        loss_ours, loss_hf = run_ours(), run_hf()  # warm-up (and first-step optimizer state)
+        t_ours, t_hf, ratios, mfus = [], [], [], []
+        for pair in range(args.pairs):
+            first, second = (run_ours, run_hf) if pair % 2 == 0 else (run_hf, run_ours)
+            a, _ = timed(first, device)
+            b, _ = timed(second, device)
+            dt_ours, dt_hf = (a, b) if pair % 2 == 0 else (b, a)
+            rate = matmul_rate(precision, device)
+            t_ours.append(dt_ours)
+            t_hf.append(dt_hf)
+            ratios.append(dt_hf / dt_ours)
+            mfus.append(flops * tokens / dt_ours / rate)
+            print(f"  {precision} pair {pair}: ours {dt_ours:.2f}s transformers {dt_hf:.2f}s "
+                  f"ratio {dt_hf / dt_ours:.2f}x matmul {rate / 1e9:.0f} GFLOP/s", flush=True)
+        rows.append((precision, loss_ours, loss_hf, tokens / statistics.median(t_ours),
+                     tokens / statistics.median(t_hf), statistics.median(ratios),
+                     statistics.median(mfus), min(ratios), max(ratios),
+                     flops * tokens / statistics.median(t_hf)))
+        del opt_ours, opt_hf
+    print("\n| precision | first loss ours / transformers | ours tok/s | transformers tok/s | "
+          "ratio (median, min-max) | ours MFU | transformers MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for precision, lo, lh, so, sh, r, mfu, rmin, rmax, hf_flops in rows:
+        hf_mfu = mfu * sh / so
+        print(f"| {precision} | {lo:.4f} / {lh:.4f} | {so:.0f} | {sh:.0f} | {r:.2f}x "
+              f"({rmin:.2f}-{rmax:.2f}) | {100 * mfu:.1f}% | {100 * hf_mfu:.1f}% |")
+    sys.stdout.flush()
+
+
+def read_status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status: no {field} line")
+
+
+def memory_child(args, side, precision, device):
+    """Runs in a fresh process: build one side, run --memory-steps steps, print peak RSS as JSON."""
+    hf_dict = shape(SMOLLM2_135M, args.layers)
+    model = build_ours(hf_dict, device) if side == "ours" else build_hf(hf_dict, device)
+    forward = torch.compile(model) if args.compile else model
+    optimizer = make_optimizer(model)
+    batch = make_batch(args.batch, args.seq, hf_dict["vocab_size"], 1.0, device)
+    weights = (batch["targets"].flatten() != -100).float()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    built = torch.cuda.memory_allocated() if device.type == "cuda" else read_status("VmRSS")
+    for _ in range(args.memory_steps):
+        if side == "ours":
+            ours_step(model, forward, optimizer, batch, weights, precision, args.compile_loss,
+                      not args.loss_outside_autocast)
+        else:
+            hf_step(model, forward, optimizer, batch, precision)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else read_status("VmHWM")
+    print(json.dumps(dict(peak=peak, built=built)))
+
+
+def memory_table(args, device):
+    print(f"\n## Peak memory, SmolLM2-135M shape, batch {args.batch} x seq {args.seq}, "
+          f"{args.memory_steps} steps, compile={'on' if args.compile else 'off'}, device {device} "
+          f"({'peak RSS, VmHWM' if device.type == 'cpu' else 'max_memory_allocated'}), "
+          f"one fresh subprocess per side\n", flush=True)
+    print("| precision | ours peak GB | transformers peak GB | ratio | ours above built GB | "
+          "transformers above built GB | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for precision in args.precisions.split(","):
+        result = {}
+        for side in ("ours", "hf"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", side,
+                   "--precisions", precision, "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--layers", str(args.layers), "--device", args.device,
+                   "--memory-steps", str(args.memory_steps), "--adamw", args.adamw]
+            cmd += ["--compile"] * args.compile + ["--no-compile-loss"] * (not args.compile_loss)
+            cmd += ["--loss-outside-autocast"] * args.loss_outside_autocast
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            result[side] = json.loads(out.strip().splitlines()[-1])
+        o, h = result["ours"], result["hf"]
+        gb = 1024 ** 3
+        print(f"| {precision} | {o['peak'] / gb:.2f} | {h['peak'] / gb:.2f} | "
+              f"{o['peak'] / h['peak']:.2f}x | {(o['peak'] - o['built']) / gb:.2f} | "
+              f"{(h['peak'] - h['built']) / gb:.2f} | "
+              f"{(o['peak'] - o['built']) / (h['peak'] - h['built']):.2f}x |", flush=True)
+
+
+def stages_table(args, device):
+    print(f"\n## Stage 2 (only Key tokens weighted, {100 * args.key_fraction:.0f}% of tokens) vs "
+          f"stage 1 (every token weighted), ours, same batch, compile="
+          f"{'on' if args.compile else 'off'}, load avg {load_average()}\n", flush=True)
+    cases = [("SmolLM2-135M", shape(SMOLLM2_135M, args.layers), args.batch, args.seq),
+             ("Qwen2.5-0.5B", shape(QWEN25_05B, args.qwen_layers), args.qwen_batch, args.seq)]
+    rows = []
+    for name, hf_dict, batch_size, seq in cases:
+        model = build_ours(hf_dict, device)
+        forward = torch.compile(model) if args.compile else model
+        batch = make_batch(batch_size, seq, hf_dict["vocab_size"], args.key_fraction, device)
+        targets, roles = batch["targets"].flatten(), batch["roles"].flatten()
+        stage_weights = {1: ((targets != -100)).float(), 2: (roles == 2).float()}
+        for precision in args.precisions.split(","):
+            optimizer = make_optimizer(model)
+            runs = {n: (lambda w=w: ours_step(model, forward, optimizer, batch, w, precision,
+                                              args.compile_loss, not args.loss_outside_autocast))
+                    for n, w in stage_weights.items()}
+            runs[1](), runs[2]()
+            times = {1: [], 2: []}
+            for pair in range(args.pairs):
+                for n in ((1, 2) if pair % 2 == 0 else (2, 1)):
+                    times[n].append(timed(runs[n], device)[0])
+            ratios = [b / a for a, b in zip(times[1], times[2])]
+            rows.append((name, hf_dict["num_hidden_layers"], batch_size, seq, precision,
+                         int(stage_weights[2].sum()), statistics.median(times[1]),
+                         statistics.median(times[2]), statistics.median(ratios)))
+            print(f"  {name} {precision}: stage 1 {times[1]} stage 2 {times[2]}", flush=True)
+            del optimizer
+        del model, forward
+    print("\n| output layer | layers | batch x seq | precision | Key tokens | stage 1 s/step | "
+          "stage 2 s/step | stage 2 / stage 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, layers, b, s, precision, keys, t1, t2, r in rows:
+        print(f"| {name} | {layers} | {b} x {s} | {precision} | {keys} | {t1:.2f} | {t2:.2f} | "
+              f"{r:.2f}x |")
+    sys.stdout.flush()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--layers", type=int, default=0, help="SmolLM2 layers (0: all 30)")
+    p.add_argument("--qwen-layers", type=int, default=0, help="Qwen2.5-0.5B layers (0: all 24)")
+    p.add_argument("--qwen-batch", type=int, default=1)
+    p.add_argument("--key-fraction", type=float, default=0.07)
+    p.add_argument("--precisions", default="bf16,fp32")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--tables", default="speed,memory,stages")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--no-compile-loss", dest="compile_loss", action="store_false",
+                   help="eager chunk kernel in our loss (train.py's compile_loss = false)")
+    p.add_argument("--loss-outside-autocast", action="store_true",
+                   help="call our loss outside autocast, as train.py does today")
+    p.add_argument("--adamw", choices=("fused", "train"), default="fused",
+                   help="fused: AdamW(fused=True) on every device (both sides); train: as "
+                        "train.py today (fused only on CUDA; the CPU step is then ~5-15x slower)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--memory-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global ADAMW
+    ADAMW = args.adamw
+    device = torch.device(args.device)
+    if args.memory_child:
+        return memory_child(args, args.memory_child, args.precisions, device)
+    tables = dict(speed=speed_table, memory=memory_table, stages=stages_table)
+    for name in args.tables.split(","):
+        tables[name](args, device)
+
+
+if __name__ == "__main__":
+    main()
