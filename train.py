@@ -466,17 +466,17 @@ def save_checkpoint(path, head, model, tok, optimizer, scaler, sampler, state, c
     dist.barrier()
 
 
-def load_train_state(path, head, optimizer, scaler, sampler):
-    """Every rank reads the whole state (a filesystem all ranks see) and keeps its share."""
+def load_train_state(path, head, optimizer, scaler, sampler, dist=Dist()):
+    """Rank 0 reads the whole optimizer state and broadcasts it; each rank keeps its share."""
     ts = Path(path) / "train_state"
     meta = json.loads((ts / "state.json").read_text())
-    tensors = load_file(ts / "optimizer.safetensors")
     opt_state = {}
-    for name, value in tensors.items():
+    for name, value in load_file(ts / "optimizer.safetensors").items() if dist.main else ():
         param, key = name.removeprefix("state.").rsplit(".", 1)
         opt_state.setdefault(param, {})[key] = value
-    set_optimizer_state_dict(head, optimizer, {"state": opt_state, "param_groups": meta["param_groups"]},
-                             options=StateDictOptions(full_state_dict=True))
+    whole = {"state": opt_state, "param_groups": meta["param_groups"]} if dist.main else {}
+    set_optimizer_state_dict(head, optimizer, whole, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=dist.world > 1))
     saved = meta["sampler"]
     # rank 0's position stands for every rank (equal batch counts); another world size restarts at the
     # same global micro-batch, exact unless it is not a multiple of the new world size
@@ -599,7 +599,7 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
     stage_dir.mkdir(parents=True, exist_ok=True)
     step = 0
     if resume_from is not None:
-        step = load_train_state(resume_from, head, optimizer, scaler, sampler)["step"]
+        step = load_train_state(resume_from, head, optimizer, scaler, sampler, dist)["step"]
     if cfg.resume and dist.main:
         log.truncate(n, step)  # drop what the killed run logged after its last checkpoint
     flops_per_token = model.flops_per_token(cfg.max_len)
