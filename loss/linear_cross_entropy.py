@@ -22,8 +22,9 @@ def weighted_linear_cross_entropy(hidden, output_weight, targets, token_weights,
     run in the autocast dtype), targets [N] long, token_weights [N] float (>= 0), roles [N] long
     in [0, num_roles) or None. Returns (loss_sum fp32 scalar with grad, role_nll_sum fp32
     [num_roles] detached, role_count long [num_roles]); role stats are zero when roles is None.
-    z_loss adds z_loss * w * logsumexp^2 per token; dft multiplies each token's loss by its
-    detached probability.
+    z_loss adds z_loss * w * logsumexp^2 per token; dft multiplies each token's cross-entropy
+    (not the z-loss term) by its detached probability. Drop tokens by giving them weight 0: they
+    never reach the matmul. compile=False runs the same chunk math eagerly.
     """
     _check_inputs(hidden, output_weight, targets, token_weights, roles, num_roles, z_loss, chunk_size)
     device = hidden.device

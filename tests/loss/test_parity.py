@@ -104,3 +104,24 @@ def test_roles_none_gives_zero_stats_and_same_loss():
     expected = naive(*inputs)
     torch.testing.assert_close(got[0], expected[0])
     assert got[1].abs().sum().item() == 0.0 and got[2].sum().item() == 0
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_golden_values_with_uniform_logits(compile):
+    # zero hidden states give uniform logits: nll = lse = log(V), p = 1/V for every token
+    vocab_size = 50
+    hidden = torch.zeros(4, 8, requires_grad=True)
+    weight = torch.randn(vocab_size, 8, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 2, 3, -100])
+    token_weights = torch.tensor([0.5, 1.0, 2.0, 9.0])
+    log_v = torch.log(torch.tensor(float(vocab_size)))
+    from loss import weighted_linear_cross_entropy
+    cases = [({}, 3.5 * log_v),
+             ({"z_loss": 0.1, "dft": True}, 3.5 * log_v / vocab_size + 0.1 * 3.5 * log_v ** 2)]
+    if not compile:  # the compiled path reuses the two kernels the other compiled tests build
+        cases += [({"dft": True}, 3.5 * log_v / vocab_size),
+                  ({"z_loss": 0.1}, 3.5 * log_v + 0.1 * 3.5 * log_v ** 2)]
+    for options, expected in cases:
+        loss_sum, _, _ = weighted_linear_cross_entropy(hidden, weight, targets, token_weights,
+                                                       compile=compile, **options)
+        torch.testing.assert_close(loss_sum, expected)
