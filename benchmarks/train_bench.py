@@ -101,6 +101,18 @@ def copy_ours_into_hf(ours, hf):
 ADAMW = "fused"  # set from --adamw
 
 
+def compiled(model, args):
+    """--compile: regional compilation of each decoder layer, on both sides alike (compiling the
+    whole 30-layer model unrolls every layer: minutes of compile time on 2 cores)."""
+    if not args.compile:
+        return model
+    if hasattr(model, "compile_blocks"):
+        return model.compile_blocks()
+    for layer in model.model.layers:
+        layer.compile()
+    return model
+
+
 def make_optimizer(model):
     # as train.py: decay on 2-D+ parameters only; "train": fused only on CUDA, as train.py today
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -180,8 +192,7 @@ def speed_table(args, device):
     ours = build_ours(hf_dict, device)
     hf = build_hf(hf_dict, device)
     copy_ours_into_hf(ours, hf)
-    ours_forward = torch.compile(ours) if args.compile else ours
-    hf_forward = torch.compile(hf) if args.compile else hf
+    ours_forward, hf_forward = compiled(ours, args), compiled(hf, args)
     batch = make_batch(args.batch, args.seq, hf_dict["vocab_size"], 1.0, device)
     weights = (batch["targets"].flatten() != -100).float()
     tokens = args.batch * args.seq
@@ -238,7 +249,7 @@ def memory_child(args, side, precision, device):
     """Runs in a fresh process: build one side, run --memory-steps steps, print peak RSS as JSON."""
     hf_dict = shape(SMOLLM2_135M, args.layers)
     model = build_ours(hf_dict, device) if side == "ours" else build_hf(hf_dict, device)
-    forward = torch.compile(model) if args.compile else model
+    forward = compiled(model, args)
     optimizer = make_optimizer(model)
     batch = make_batch(args.batch, args.seq, hf_dict["vocab_size"], 1.0, device)
     weights = (batch["targets"].flatten() != -100).float()
@@ -291,7 +302,7 @@ def stages_table(args, device):
     rows = []
     for name, hf_dict, batch_size, seq in cases:
         model = build_ours(hf_dict, device)
-        forward = torch.compile(model) if args.compile else model
+        forward = compiled(model, args)
         batch = make_batch(batch_size, seq, hf_dict["vocab_size"], args.key_fraction, device)
         targets, roles = batch["targets"].flatten(), batch["roles"].flatten()
         stage_weights = {1: ((targets != -100)).float(), 2: (roles == 2).float()}

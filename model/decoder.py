@@ -225,6 +225,14 @@ class Decoder(nn.Module):
             else:
                 p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen))
 
+    def compile_blocks(self, **compile_kwargs):
+        """torch.compile each block in place (regional compilation). The blocks share one graph,
+        so compiling costs one block rather than num_layers unrolled ones, and the embedding,
+        RoPE tables, masks and cache bookkeeping stay eager. Returns self."""
+        for layer in self.layers:
+            layer.compile(**compile_kwargs)
+        return self
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
