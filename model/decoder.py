@@ -178,9 +178,13 @@ class Decoder(nn.Module):
         """cos and [-sin, sin] (see apply_rope) [B, T, 1, head_dim] for the given positions, in
         float32 then cast to dtype, computed once for all layers."""
         device = positions.device
-        if device not in self._inv_freq:
-            self._inv_freq[device] = rope_inv_freq(self.config).to(device)
-        freqs = positions.float()[..., None] * self._inv_freq[device]
+        inv_freq = self._inv_freq.get(device)
+        if inv_freq is None:
+            inv_freq = rope_inv_freq(self.config).to(device)
+            # filling the dict inside torch.compile would fail its guard and recompile on the next call
+            if not torch.compiler.is_compiling():
+                self._inv_freq[device] = inv_freq
+        freqs = positions.float()[..., None] * inv_freq
         cos, sin = freqs.cos(), freqs.sin()
         return (torch.cat((cos, cos), dim=-1).to(dtype)[:, :, None],
                 torch.cat((-sin, sin), dim=-1).to(dtype)[:, :, None])
