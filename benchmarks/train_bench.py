@@ -104,6 +104,8 @@ ADAMW = "fused"  # set from --adamw
 def compiled(model, args):
     """--compile: regional compilation of each decoder layer, on both sides alike (compiling the
     whole 30-layer model unrolls every layer: minutes of compile time on 2 cores)."""
+    if args.grad_ckpt and hasattr(model, "compile_blocks"):
+        model.gradient_checkpointing = True
     if not args.compile:
         return model
     if hasattr(model, "compile_blocks"):
@@ -148,7 +150,7 @@ def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss
 
 def hf_step(model, forward, optimizer, batch, precision):
     with autocast_for(precision, batch["input_ids"].device):
-        logits = forward(input_ids=batch["input_ids"]).logits
+        logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
     loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -268,6 +270,7 @@ def memory_child(args, side, precision, device):
 
 def memory_table(args, device):
     print(f"\n## Peak memory, SmolLM2-135M shape, batch {args.batch} x seq {args.seq}, "
+          f"ours gradient_checkpointing={'on' if args.grad_ckpt else 'off'}, "
           f"{args.memory_steps} steps, compile={'on' if args.compile else 'off'}, device {device} "
           f"({'peak RSS, VmHWM' if device.type == 'cpu' else 'max_memory_allocated'}), "
           f"one fresh subprocess per side\n", flush=True)
@@ -283,6 +286,7 @@ def memory_table(args, device):
                    "--memory-steps", str(args.memory_steps), "--adamw", args.adamw]
             cmd += ["--compile"] * args.compile + ["--no-compile-loss"] * (not args.compile_loss)
             cmd += ["--loss-outside-autocast"] * args.loss_outside_autocast
+            cmd += ["--grad-ckpt"] * args.grad_ckpt
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             result[side] = json.loads(out.strip().splitlines()[-1])
         o, h = result["ours"], result["hf"]
@@ -351,6 +355,8 @@ def main():
     p.add_argument("--adamw", choices=("fused", "train"), default="fused",
                    help="fused: AdamW(fused=True) on every device (both sides); train: as "
                         "train.py today (fused only on CUDA; the CPU step is then ~5-15x slower)")
+    p.add_argument("--grad-ckpt", action="store_true",
+                   help="our model with gradient_checkpointing = True (transformers' side unchanged)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--memory-steps", type=int, default=2)
