@@ -1,9 +1,7 @@
-"""The built-in task: multi-digit addition, with running sums or column sums as the reasoning.
+"""The built-in task: multi-digit addition chains with running sums as the reasoning.
 
 Problem: "What is 23 + 45 + 12 + 67?"; thinking: one line per step, "23 + 45 = 68\n68 + 12 = 80\n
-80 + 67 = 147"; answer: "147". With reasoning="columns", "What is 478 + 356?" is worked
-ones column first, "8 + 6 + 0 = 14\n7 + 5 + 1 = 13\n4 + 3 + 1 = 8", and the answer "834" is
-assembled from the column sums. Deterministic, generated locally, split into disjoint train/test
+80 + 67 = 147"; answer: "147". Deterministic, generated locally, split into disjoint train/test
 sets by a hash of the problem itself, with a tiny BPE tokenizer (digits one token each, the four
 tags as single added tokens) so examples stay around 60-100 tokens.
 """
@@ -22,8 +20,7 @@ SPECIAL = ("<pad>", "<eos>", "<unk>")
 TOKENIZER_CORPUS = ("Problem: What is 1 + 2 - 3?\nSolution:\n", "Question: Answer:\n",
                     "The answer is 3", "Step Total")
 MANIFEST_VERSION = 1
-DEFAULTS = {"n_terms": 4, "n_digits": 2, "ops": "+", "test_fraction": 0.1, "reasoning": "running"}
-REASONING = ("running", "columns")
+DEFAULTS = {"n_terms": 4, "n_digits": 2, "ops": "+", "test_fraction": 0.1}
 
 
 def problem_split(terms, ops_used, test_fraction):
@@ -42,24 +39,8 @@ def make_problem(rng, n_terms, n_digits, ops):
     return terms, ops_used
 
 
-def column_lines(terms):
-    """Schoolbook addition, ones column first: "d1 + d2 + carry = s" per column."""
-    width = max(len(str(t)) for t in terms)
-    carry, lines = 0, []
-    for col in range(width):
-        digits = [t // 10**col % 10 for t in terms]
-        total = sum(digits) + carry
-        lines.append(" + ".join(str(d) for d in digits + [carry]) + f" = {total}")
-        carry = total // 10
-    return lines
-
-
-def to_record(terms, ops_used, index, split, source, reasoning="running"):
+def to_record(terms, ops_used, index, split, source):
     expr = str(terms[0]) + "".join(f" {op} {t}" for op, t in zip(ops_used, terms[1:]))
-    if reasoning == "columns":
-        return Record(prompt=f"What is {expr}?", thinking="\n".join(column_lines(terms)),
-                      answer=str(sum(terms)), id=f"synthetic-{split}-{index}", source=source,
-                      kind="number")
     total, lines = terms[0], []
     for op, t in zip(ops_used, terms[1:]):
         new = total + t if op == "+" else total - t
@@ -70,18 +51,10 @@ def to_record(terms, ops_used, index, split, source, reasoning="running"):
 
 
 def generate(n_train, n_test, seed=0, n_terms=DEFAULTS["n_terms"], n_digits=DEFAULTS["n_digits"],
-             ops=DEFAULTS["ops"], test_fraction=DEFAULTS["test_fraction"],
-             reasoning=DEFAULTS["reasoning"]):
-    """(train records, test records): distinct problems, disjoint splits, same for the same args.
-
-    reasoning: "running" (one line per addition with the running total) or "columns" (schoolbook
-    column addition, ones first, each line "digit + digit + carry = column sum"; '+' only).
-    """
+             ops=DEFAULTS["ops"], test_fraction=DEFAULTS["test_fraction"]):
+    """(train records, test records): distinct problems, disjoint splits, same for the same args."""
     if not set(ops) <= {"+", "-"} or not ops:
         raise ValueError(f"synthetic task: ops must use '+' and/or '-', got {ops!r}")
-    if reasoning not in REASONING or (reasoning == "columns" and ops != "+"):
-        raise ValueError(f"synthetic task: reasoning must be one of {REASONING} "
-                         f"('columns' with ops '+'), got {reasoning!r} with ops {ops!r}")
     min_terms = n_terms[0] if isinstance(n_terms, (tuple, list)) else n_terms
     if min_terms < 2 or n_digits < 1:
         raise ValueError(f"synthetic task: need n_terms >= 2 and n_digits >= 1, "
@@ -104,7 +77,7 @@ def generate(n_train, n_test, seed=0, n_terms=DEFAULTS["n_terms"], n_digits=DEFA
         split = problem_split(terms, ops_used, test_fraction)
         if len(found[split]) < want[split]:
             found[split].append((terms, ops_used))
-    return tuple([to_record(t, o, i, s, f"synthetic-{s}:{i + 1}", reasoning)
+    return tuple([to_record(t, o, i, s, f"synthetic-{s}:{i + 1}")
                   for i, (t, o) in enumerate(found[s])] for s in ("train", "test"))
 
 
