@@ -8,7 +8,7 @@ from eval import ablation
 from eval.metrics import mean_ci, paired_difference
 
 TINY = {
-    "synthetic.n_train": 200, "synthetic.n_test": 6, "synthetic.n_terms": 2,
+    "synthetic.n_train": 200, "synthetic.n_test": 6, "synthetic.n_terms": 2, "synthetic.n_digits": 2,
     "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
     "model.head_dim": 16, "model.intermediate_size": 64, "batch_size": 8, "micro_batch_size": 8,
     "stage1.max_steps": 3, "stage2.max_steps": 2, "val_every": 0, "val_examples": 8,
