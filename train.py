@@ -103,7 +103,7 @@ class Config:
     device: str = "auto"            # auto | cpu | cuda
     precision: str = "bf16"         # bf16 | fp16 (with a gradient scaler) | fp32
     tf32: bool = True
-    compile: bool = False           # torch.compile the model (the loss kernel: compile_loss)
+    compile: bool = False           # torch.compile each decoder block (the loss kernel: compile_loss)
     compile_loss: bool = True
     grad_checkpointing: bool = False
     # several processes (launched by torchrun): none | ddp (replicas) | fsdp (FSDP2 sharding)
@@ -250,7 +250,7 @@ def make_optimizer(model, lr, cfg, device):
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda" and not cfg.cpu_offload  # offloaded shards step on the CPU
+    fused = not cfg.cpu_offload  # fused AdamW: 4x faster than per-tensor on CPU too (BENCHMARKS.md)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
@@ -356,16 +356,17 @@ class LossHead(nn.Module):
         self.model, self.autocast, self.device = model, autocast, device
 
     def forward(self, batch, role_weights, z_loss=0.0, dft=False, compile=True):
-        hidden, targets, roles = forward_hidden(self.model, batch, self.device, self.autocast)
-        return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, role_weights[roles],
-                                             roles, z_loss=z_loss, dft=dft, compile=compile)
+        with self.autocast:  # the loss's output-layer matmuls run in the autocast dtype too
+            hidden, targets, roles = forward_hidden(self.model, batch, self.device)
+            return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, role_weights[roles],
+                                                 roles, z_loss=z_loss, dft=dft, compile=compile)
 
 
 def wrap_model(model, cfg, dist, device):
     """The module the loop calls: LossHead around the (compiled) decoder, in DDP or sharded by FSDP2."""
     amp = amp_dtype(cfg)
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    head = LossHead(torch.compile(model) if cfg.compile else model, autocast, device)
+    head = LossHead(model.compile_blocks() if cfg.compile else model, autocast, device)
     if cfg.parallel == "ddp":
         return DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.parallel == "fsdp":
@@ -532,11 +533,10 @@ def validate(head, val, tok, device, cfg, dist=Dist()):
     return {f"val_{ROLE_NAMES[r]}_nll": (sums[r] / counts[r]).item() for r in (COT, KEY) if counts[r] > 0}
 
 
-def forward_hidden(model, batch, device, autocast):
+def forward_hidden(model, batch, device):
     ids = batch["input_ids"].to(device)
     segments = batch["segment_ids"].to(device) if batch.get("segment_ids") is not None else None
-    with autocast:
-        hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True)
+    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True)
     return hidden.flatten(0, 1), batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
 
 
