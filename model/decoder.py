@@ -95,7 +95,14 @@ class Attention(nn.Module):
             cache.values[self.layer_idx][:, :, start:end] = v
             k, v = cache.keys[self.layer_idx][:, :, :end], cache.values[self.layer_idx][:, :, :end]
         gqa = self.num_heads != self.num_kv_heads
-        if gqa and mask is not None and T > 1:
+        if gqa and T == 1:
+            # decoding: the query heads of a kv group become query rows, so grouped heads need no
+            # k/v copies and SDPA keeps its fused kernel even with a mask
+            groups = heads // kv_heads
+            q = q.reshape(B, kv_heads, groups, head_dim)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.o(y.reshape(B, 1, heads * head_dim))
+        if gqa and mask is not None:
             # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
             groups = self.num_heads // self.num_kv_heads
             k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
