@@ -43,6 +43,7 @@ from data import BatchSampler, build_dataset, collate, load_records, load_tokeni
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
 from loss import weighted_linear_cross_entropy
 from model import Decoder, ModelConfig, load_pretrained, save_pretrained
+from model.hf_io import fsync_dir
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
 
@@ -497,14 +498,6 @@ def write_json(path, obj):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def step_checkpoints(stage_dir):

@@ -162,7 +162,7 @@ def _parse_size(size) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -210,7 +210,7 @@ def save_pretrained(model: Decoder, path, tokenizer_dir=None, max_shard_size="5G
         for file in tmp.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -221,7 +221,7 @@ def save_pretrained(model: Decoder, path, tokenizer_dir=None, max_shard_size="5G
             if old is not None:
                 os.rename(old / path.name, path)  # put the previous checkpoint back
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old)
     except BaseException:
