@@ -1,4 +1,4 @@
-"""One chunk of kept tokens: logits, loss and the gradient of the logits, in a single pass.
+"""One chunk of kept tokens: from its logits to the loss, and the logits' gradient in place.
 
 The same Python function runs eagerly (`compile=False`) or through torch.compile, so both paths
 share one definition of the math.
@@ -6,14 +6,13 @@ share one definition of the math.
 import torch
 
 
-def chunk_loss_and_grads(hidden, weight, targets, token_weights, z_loss: float, dft: bool):
-    """Loss pieces and gradients for one chunk.
+def chunk_loss_and_grad_(logits, targets, token_weights, z_loss: float, dft: bool):
+    """Loss pieces of one chunk; overwrites `logits` with d(loss_sum)/d(logits).
 
-    hidden [C, H] and weight [V, H] are in the matmul dtype; targets [C] long; token_weights [C]
-    fp32 (0 on padding rows). Returns (loss_sum fp32 scalar, nll [C] fp32, grad_hidden [C, H] and
-    grad_logits [C, V], both in the matmul dtype) where grad_logits is d(loss_sum)/d(logits).
+    logits [C, V] in the matmul dtype (fp32 math inside); targets [C] long; token_weights [C]
+    fp32. Returns (loss_sum fp32 scalar, nll [C] fp32). Writing the gradient over the logits
+    keeps one [C, V] buffer per chunk.
     """
-    logits = hidden @ weight.t()
     lse = torch.logsumexp(logits.float(), dim=-1)
     nll = lse - logits.gather(1, targets[:, None]).squeeze(1).float()
     # DFT (arXiv 2508.05629): scale each token's loss by its own detached probability
@@ -24,18 +23,18 @@ def chunk_loss_and_grads(hidden, weight, targets, token_weights, z_loss: float, 
         loss_sum = loss_sum + z_loss * (token_weights * lse * lse).sum()
         row_scale = ce_scale + (2.0 * z_loss) * token_weights * lse
     if torch.compiler.is_compiling():
-        # one pointwise expression (no scatter): the compiler fuses it into a single pass over
-        # the logits that writes the gradient in the matmul dtype, reusing the logits buffer
+        # one pointwise expression (no scatter): the compiler turns it into a single pass that
+        # reads each logit and writes its gradient into the same place
         is_target = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
-        grad_logits = (torch.exp(logits.float() - lse[:, None]) * row_scale[:, None]
-                       - torch.where(is_target, ce_scale[:, None], 0.0))
+        logits.copy_(torch.exp(logits.float() - lse[:, None]) * row_scale[:, None]
+                     - torch.where(is_target, ce_scale[:, None], 0.0))
     else:
-        # eagerly, in place: one fp32 [C, V] buffer becomes the gradient (same math as above)
-        grad_logits = logits.float().sub_(lse[:, None]).exp_().mul_(row_scale[:, None])
-        grad_logits.scatter_add_(1, targets[:, None], -ce_scale[:, None])
-    grad_logits = grad_logits.to(weight.dtype)
-    grad_hidden = grad_logits @ weight
-    return loss_sum, nll, grad_hidden, grad_logits
+        # eagerly: the same math in place on an fp32 view (a copy when logits are bf16/fp16)
+        grad = logits.float().sub_(lse[:, None]).exp_().mul_(row_scale[:, None])
+        grad.scatter_add_(1, targets[:, None], -ce_scale[:, None])
+        if grad is not logits:
+            logits.copy_(grad)
+    return loss_sum, nll
 
 
 _compiled = None
@@ -45,8 +44,8 @@ def get_chunk_kernel(compile: bool):
     """The chunk function, compiled once per process when `compile` is set."""
     global _compiled
     if not compile:
-        return chunk_loss_and_grads
+        return chunk_loss_and_grad_
     if _compiled is None:
-        # dynamic=True: one graph serves every chunk length, vocab and hidden size (no recompiles)
-        _compiled = torch.compile(chunk_loss_and_grads, fullgraph=True, dynamic=True)
+        # dynamic=True: one graph serves every chunk length and vocab size (no recompiles)
+        _compiled = torch.compile(chunk_loss_and_grad_, fullgraph=True, dynamic=True)
     return _compiled

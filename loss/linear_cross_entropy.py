@@ -2,14 +2,18 @@
 
 Tokens with weight 0 (or target == ignore_index) are dropped before the output matmul, the kept
 tokens go through the output layer `chunk_size` at a time, and each chunk's gradients are
-computed in the forward pass, so backward only scales stored gradients by grad_output.
+computed in the forward pass, so backward only scales stored gradients by grad_output. Per chunk:
+logits block by block over the vocabulary (the weight cast per block under autocast), the compiled
+kernel turns them into their gradient in place, then a second pass over the blocks adds the
+chunk's share of both gradients into fp32 accumulators. Peak extra memory: one [chunk, V] buffer,
+one [block, H] cast buffer and product, and the gradients themselves.
 """
 import torch
 
 from loss.chunk_kernel import get_chunk_kernel
 
 DEFAULT_CHUNK_SIZE = 256
-_GRAD_WEIGHT_BLOCK = 16384
+_VOCAB_BLOCK = 8192
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -75,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # drop our references so autograd can take the buffers over without a copy
         ctx.grad_hidden = ctx.grad_weight = None
         if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_loss).to(ctx.hidden_dtype)
+            grad_hidden = grad_hidden.mul_(grad_loss).to(ctx.hidden_dtype)
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None
@@ -84,40 +88,77 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _chunked_forward_backward(hidden, weight, targets, token_weights, matmul_dtype, z_loss, dft,
                               chunk_size, compile, need_grad_hidden, need_grad_weight):
     kernel = get_chunk_kernel(compile)
-    num_tokens = hidden.shape[0]
-    weight_mm = weight.detach().to(matmul_dtype)
+    num_tokens, vocab = hidden.shape[0], weight.shape[0]
+    weight = weight.detach()
     hidden_mm = hidden.detach().to(matmul_dtype)
+    blocks = _vocab_blocks(weight, matmul_dtype)
     loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     nll = torch.empty(num_tokens, dtype=torch.float32, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden_mm) if need_grad_hidden else None
-    # fp32 accumulator: summing many chunks in bf16 would lose the small contributions
+    # fp32 accumulators: summing many blocks or chunks in bf16 would lose small contributions
+    grad_hidden = (torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+                   if need_grad_hidden else None)
     grad_weight = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
                    if need_grad_weight else None)
+    # one [chunk, V] buffer for every chunk: a fresh allocation this size per chunk would be
+    # mapped and zeroed by the OS each time (measurably slower on CPU)
+    logits_buffer = torch.empty(min(chunk_size, num_tokens), vocab, dtype=matmul_dtype,
+                                device=hidden.device)
     for start in range(0, num_tokens, chunk_size):
         end = min(start + chunk_size, num_tokens)
         h = hidden_mm[start:end]
-        chunk_loss, chunk_nll, chunk_grad_hidden, grad_logits = kernel(
-            h, weight_mm, targets[start:end], token_weights[start:end], z_loss, dft)
+        logits = logits_buffer[:end - start]
+        for lo, hi, w in blocks():
+            torch.mm(h, w.t(), out=logits[:, lo:hi])
+        chunk_loss, nll[start:end] = kernel(logits, targets[start:end], token_weights[start:end],
+                                            z_loss, dft)
         loss_sum += chunk_loss
-        nll[start:end] = chunk_nll
-        if grad_hidden is not None:
-            grad_hidden[start:end] = chunk_grad_hidden
-        if grad_weight is not None:
-            _accumulate_grad_weight(grad_weight, grad_logits, h)
-        # free this chunk's [C, V] buffer before the next chunk allocates its own
-        del grad_logits, chunk_grad_hidden
+        # the kernel wrote the gradient over the logits
+        _add_chunk_grads(logits, h, blocks, grad_hidden, grad_weight, start, end)
     return loss_sum, nll, grad_hidden, grad_weight
 
 
-def _accumulate_grad_weight(grad_weight, grad_logits, hidden):
-    """grad_weight (fp32) += grad_logits^T @ hidden, with the matmul in the inputs' dtype."""
-    if grad_logits.dtype == grad_weight.dtype:
-        grad_weight.addmm_(grad_logits.t(), hidden)
+def _add_chunk_grads(grad_logits, h, blocks, grad_hidden, grad_weight, start, end):
+    """Adds one chunk's gradient contributions, block by block, into the fp32 accumulators."""
+    if grad_hidden is None and grad_weight is None:
         return
-    # a low-precision matmul per vocab block keeps the temporary small and the sum in fp32
-    for start in range(0, grad_weight.shape[0], _GRAD_WEIGHT_BLOCK):
-        end = start + _GRAD_WEIGHT_BLOCK
-        grad_weight[start:end] += grad_logits[:, start:end].t() @ hidden
+    if grad_hidden is not None:
+        grad_hidden[start:end] = 0
+    for lo, hi, w in blocks():
+        g = grad_logits[:, lo:hi]
+        if grad_hidden is not None:
+            grad_hidden[start:end] += g @ w
+        if grad_weight is not None:
+            if g.dtype == torch.float32:
+                grad_weight[lo:hi].addmm_(g.t(), h)
+            else:
+                grad_weight[lo:hi] += g.t() @ h
+
+
+def _vocab_blocks(weight, matmul_dtype):
+    """A function yielding (lo, hi, weight[lo:hi] in the matmul dtype) over the vocabulary.
+
+    fp32 throughout: one block, the weight itself. Otherwise blocks of _VOCAB_BLOCK rows, so the
+    low-precision [block, H] products added into the fp32 gradient stay small, and, when the
+    weight must be cast (fp32 weights under autocast), each block is cast into one reused buffer
+    instead of holding a cast copy of the whole weight (half its size again) for the whole call.
+    """
+    vocab = weight.shape[0]
+    if weight.dtype == matmul_dtype == torch.float32:
+        return lambda: iter([(0, vocab, weight)])
+    buffer = (None if weight.dtype == matmul_dtype else
+              torch.empty(min(_VOCAB_BLOCK, vocab), weight.shape[1], dtype=matmul_dtype,
+                          device=weight.device))
+
+    def blocks():
+        for lo in range(0, vocab, _VOCAB_BLOCK):
+            hi = min(lo + _VOCAB_BLOCK, vocab)
+            if buffer is None:
+                yield lo, hi, weight[lo:hi]
+            else:
+                block = buffer[:hi - lo]
+                block.copy_(weight[lo:hi])
+                yield lo, hi, block
+    return blocks
 
 
 def _matmul_dtype(hidden, weight):

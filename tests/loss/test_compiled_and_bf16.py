@@ -75,3 +75,21 @@ def test_bf16_weight_gradient_accumulates_in_fp32():
     got = ours(*inputs, chunk_size=4, compile=False)
     one_chunk = ours(*inputs, chunk_size=256, compile=False)
     assert relative_error(got[4], one_chunk[4]) < 1e-2
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+def test_vocab_blocks_under_autocast(monkeypatch, compile, weight_dtype):
+    # blocks of 16 rows over a vocab of 131 (8 full blocks and one of 3): fp32 weights are cast
+    # block by block into one buffer, bf16 weights are used in place; both must match the math
+    import loss.linear_cross_entropy as lce
+    monkeypatch.setattr(lce, "_VOCAB_BLOCK", 16)
+    inputs = make_inputs(70, **SHAPE, seed=16)
+    inputs = (inputs[0], inputs[1].to(weight_dtype)) + inputs[2:]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ours(*inputs, chunk_size=32, compile=compile)
+    fp32_exact = naive(inputs[0], inputs[1].float(), *inputs[2:])
+    assert got[4].dtype == weight_dtype
+    for index in (0, 1, 3, 4):
+        assert relative_error(got[index], fp32_exact[index]) < 2e-2
+    assert torch.equal(got[2], fp32_exact[2])
