@@ -235,7 +235,13 @@ def build_data(cfg):
 
 def build_model(cfg, tok, device):
     if cfg.init:
-        return load_pretrained(cfg.init, dtype=torch.float32, device=device)
+        model = load_pretrained(cfg.init, dtype=torch.float32, device=device)
+        if tok.vocab_size > model.config.vocab_size:
+            # tokens added to the tokenizer (tags_as_special): new embedding rows, mean-initialised
+            print(f"model: vocabulary {model.config.vocab_size} -> {tok.vocab_size} rows for the "
+                  f"tokenizer's added tokens (new rows = mean of the old ones)")
+            model.resize_vocab(tok.vocab_size)
+        return model
     fields = dict(cfg.model)
     fields.setdefault("vocab_size", tok.vocab_size)
     fields.setdefault("eos_token_id", tok.eos_id)
@@ -449,6 +455,10 @@ def save_checkpoint(path, head, model, tok, optimizer, scaler, sampler, state, c
     tmp = path.parent / f".tmp-{path.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(whole, tmp, tokenizer_dir=tok.path)
+    if tok.vocab_size > tok.file_vocab_size:  # tokens added in memory (tags_as_special): keep them
+        tok.tokenizer.save(str(tmp / "tokenizer.json"))
+        with open(tmp / "tokenizer.json", "rb") as f:
+            os.fsync(f.fileno())
     ts = tmp / "train_state"
     ts.mkdir()
     tensors = {f"state.{name}.{k}": v.detach().cpu().contiguous()

@@ -106,6 +106,8 @@ def compiled(model, args):
     whole 30-layer model unrolls every layer: minutes of compile time on 2 cores)."""
     if args.grad_ckpt and hasattr(model, "compile_blocks"):
         model.gradient_checkpointing = True
+    if args.no_recompute and hasattr(model, "compile_blocks"):
+        model.recompute_elementwise = False
     if not args.compile:
         return model
     if hasattr(model, "compile_blocks"):
@@ -116,7 +118,7 @@ def compiled(model, args):
 
 
 def make_optimizer(model):
-    # as train.py: decay on 2-D+ parameters only; "train": fused only on CUDA, as train.py today
+    # as train.py: decay on 2-D+ parameters only; "unfused": fused only on CUDA
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = ADAMW == "fused" or next(model.parameters()).device.type == "cuda"
@@ -286,7 +288,7 @@ def memory_table(args, device):
                    "--memory-steps", str(args.memory_steps), "--adamw", args.adamw]
             cmd += ["--compile"] * args.compile + ["--no-compile-loss"] * (not args.compile_loss)
             cmd += ["--loss-outside-autocast"] * args.loss_outside_autocast
-            cmd += ["--grad-ckpt"] * args.grad_ckpt
+            cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--no-recompute"] * args.no_recompute
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             result[side] = json.loads(out.strip().splitlines()[-1])
         o, h = result["ours"], result["hf"]
@@ -351,12 +353,16 @@ def main():
     p.add_argument("--no-compile-loss", dest="compile_loss", action="store_false",
                    help="eager chunk kernel in our loss (train.py's compile_loss = false)")
     p.add_argument("--loss-outside-autocast", action="store_true",
-                   help="call our loss outside autocast, as train.py does today")
-    p.add_argument("--adamw", choices=("fused", "train"), default="fused",
-                   help="fused: AdamW(fused=True) on every device (both sides); train: as "
-                        "train.py today (fused only on CUDA; the CPU step is then ~5-15x slower)")
+                   help="call our loss outside autocast (its output matmuls then run in fp32; "
+                        "train.py calls it inside)")
+    p.add_argument("--adamw", choices=("fused", "unfused"), default="fused",
+                   help="fused: AdamW(fused=True) on every device (both sides, as train.py); "
+                        "unfused: fused only on CUDA (the per-tensor CPU step is ~4x slower)")
     p.add_argument("--grad-ckpt", action="store_true",
                    help="our model with gradient_checkpointing = True (transformers' side unchanged)")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="our model with recompute_elementwise = False (norm and SwiGLU outputs "
+                        "saved for backward instead of recomputed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--memory-steps", type=int, default=2)

@@ -48,6 +48,7 @@ class Tok:
     def __init__(self, tokenizer, path, eos_token, bos_token=None, pad_token=None,
                  chat_template=None, add_bos_token=False):
         self.tokenizer, self.path, self.chat_template = tokenizer, path, chat_template
+        self.file_vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)  # as read from path
         self.eos_token, self.bos_token = eos_token, bos_token
         self.eos_id = self._id(eos_token, "eos_token")
         self.bos_id = self._id(bos_token, "bos_token") if bos_token else None

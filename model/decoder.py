@@ -117,9 +117,16 @@ class MLP(nn.Module):
         self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+    def forward(self, x, recompute=False):
+        gate_up = self.gate_up(x)
+        if recompute:
+            return self.down(checkpoint(swiglu, gate_up, use_reentrant=False))
+        return self.down(swiglu(gate_up))
+
+
+def swiglu(gate_up):
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class Block(nn.Module):
@@ -130,7 +137,14 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None):
+    def forward(self, x, cos, sin, mask, cache=None, recompute=False):
+        # recompute: the norms and the SwiGLU product keep only their inputs for backward (the
+        # residual stream and the gate|up output, alive anyway) and run again there, instead of
+        # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory
+        if recompute:
+            h = checkpoint(self.attn_norm, x, use_reentrant=False)
+            x = x + self.attn(h, cos, sin, mask, cache)
+            return x + self.mlp(checkpoint(self.mlp_norm, x, use_reentrant=False), recompute=True)
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -144,7 +158,8 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
                                                                          bias=False)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # whole blocks recomputed in backward
+        self.recompute_elementwise = True  # norms and SwiGLU product recomputed (see Block.forward)
         self._inv_freq = {}  # device -> inverse frequencies; not a buffer so meta-device builds need no fix-up
 
     @property
@@ -169,11 +184,13 @@ class Decoder(nn.Module):
         autocast = torch.is_autocast_enabled(device.type)
         cos, sin = self._rope(positions, torch.get_autocast_dtype(device.type) if autocast else x.dtype)
         mask = self._mask(segment_ids, cache, B, T, device)
+        training = self.training and cache is None and torch.is_grad_enabled()
+        recompute = training and self.recompute_elementwise and not self.gradient_checkpointing
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+            if training and self.gradient_checkpointing:
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x = layer(x, cos, sin, mask, cache, recompute)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
@@ -235,6 +252,32 @@ class Decoder(nn.Module):
                 p.zero_()
             else:
                 p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen))
+
+    @torch.no_grad()
+    def resize_vocab(self, vocab_size: int):
+        """Grow the embedding (and an untied output layer) to vocab_size rows, for tokens added to
+        the tokenizer (e.g. the tags as special tokens). New rows are the mean of the existing
+        rows, so a new token starts as an average token: its logit is close to the average
+        logit instead of being random, and the old tokens' outputs do not change. Returns self."""
+        old = self.config.vocab_size
+        if vocab_size < old:
+            raise ValueError(f"resize_vocab: {vocab_size} rows is fewer than the model's {old}; "
+                             "the vocabulary only grows")
+        if vocab_size == old:
+            return self
+
+        def grown(weight):
+            rows = weight.mean(dim=0, keepdim=True, dtype=torch.float32).to(weight.dtype)
+            return nn.Parameter(torch.cat([weight, rows.expand(vocab_size - old, -1)]),
+                                requires_grad=weight.requires_grad)
+
+        self.embed.weight = grown(self.embed.weight)
+        self.embed.num_embeddings = vocab_size
+        if self.lm_head is not None:
+            self.lm_head.weight = grown(self.lm_head.weight)
+            self.lm_head.out_features = vocab_size
+        self.config.vocab_size = vocab_size
+        return self
 
     def compile_blocks(self, **compile_kwargs):
         """torch.compile each block in place (regional compilation). The blocks share one graph,

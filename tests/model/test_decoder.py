@@ -75,3 +75,44 @@ def test_param_and_flop_counts(tied):
     # the output projection is a matmul either way; an untied input embedding is only a lookup
     matmul = expected - (0 if tied else embed)
     assert model.flops_per_token(100) == 6 * matmul + 12 * 2 * 4 * 8 * 100
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resize_vocab_keeps_old_outputs_and_adds_mean_rows(tied):
+    cfg = ModelConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, intermediate_size=64, tie_word_embeddings=tied)
+    model = Decoder(cfg)
+    model.init_weights(0)
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    before = model(ids)
+    old_embed = model.embed.weight.detach().clone()
+    model.resize_vocab(54)
+    after = model(ids)
+    assert model.config.vocab_size == 54 and after.shape == (2, 7, 54)
+    assert model.embed.weight.shape == (54, 32) and model.output_weight.shape == (54, 32)
+    torch.testing.assert_close(after[..., :50], before, rtol=0, atol=0)
+    torch.testing.assert_close(model.embed.weight[:50], old_embed, rtol=0, atol=0)
+    for row in range(50, 54):
+        torch.testing.assert_close(model.embed.weight[row], old_embed.mean(0))
+    assert (model.output_weight is model.embed.weight) == tied
+    assert model.embed.weight.requires_grad
+    with pytest.raises(ValueError, match="only grows"):
+        model.resize_vocab(10)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_recompute_elementwise_gives_bit_identical_gradients(autocast):
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, intermediate_size=48)
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for recompute in (False, True):
+        model = Decoder(cfg)
+        model.init_weights(3)
+        model.recompute_elementwise = recompute
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(ids).float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -193,3 +193,41 @@ def test_bad_config_names_the_field(tmp_path):
     bad.write_text("seed = 1\n[stage1]\nwarmpu = 3\n")
     with pytest.raises(train.TrainError, match="unknown field 'warmpu'"):
         train.parse_args(["--config", str(bad)])
+
+
+def test_tags_as_special_grows_a_pretrained_vocabulary_and_saves_the_tokenizer(tmp_path):
+    # a "pretrained" model whose tokenizer lacks the tags (the synthetic tokenizer's last four
+    # tokens, cut from a stage-1 checkpoint), then stage 2 from it with the tags registered as
+    # special tokens: the embedding grows by four rows and the checkpoint keeps the new tokenizer
+    from safetensors.torch import save_file
+
+    from data import load_tokenizer
+    train.main(argv(tmp_path / "base", stage=1, eval="false"))
+    base, cut = tmp_path / "base" / "stage1" / "final", tmp_path / "cut"
+    cut.mkdir()
+    config = json.loads((base / "config.json").read_text())
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    tags = ("<Thinking>", "</Thinking>", "<Answer>", "</Answer>")
+    vocab = config["vocab_size"] - 4
+    assert sorted(t["id"] for t in tokenizer["added_tokens"] if t["content"] in tags) == \
+        list(range(vocab, vocab + 4))
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] not in tags]
+    (cut / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (cut / "config.json").write_text(json.dumps(dict(config, vocab_size=vocab)))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (base / name).exists():
+            (cut / name).write_text((base / name).read_text())
+    weights = final_weights(tmp_path / "base", 1)
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:vocab].clone()
+    save_file(weights, cut / "model.safetensors")
+    assert load_tokenizer(str(cut)).vocab_size == vocab
+
+    results = train.main(argv(tmp_path / "tags", stage=2, init=str(cut), tags_as_special="true"))
+    final = tmp_path / "tags" / "stage2" / "final"
+    assert json.loads((final / "config.json").read_text())["vocab_size"] == vocab + 4
+    grown = final_weights(tmp_path / "tags", 2)["model.embed_tokens.weight"]
+    assert grown.shape[0] == vocab + 4
+    added = {t["content"]: t for t in json.loads((final / "tokenizer.json").read_text())["added_tokens"]}
+    assert all(added[tag]["special"] for tag in tags)
+    assert load_tokenizer(str(final)).encode("<Answer>") == [vocab + 2]
+    assert results["stage2"]["n"] == 8
