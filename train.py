@@ -236,6 +236,10 @@ def build_data(cfg):
 def build_model(cfg, tok, device):
     if cfg.init:
         model = load_pretrained(cfg.init, dtype=torch.float32, device=device)
+        if tok.file_vocab_size > model.config.vocab_size:
+            raise TrainError(f"init {cfg.init}: the model has {model.config.vocab_size} embedding rows "
+                             f"but the tokenizer at {tok.path} has {tok.file_vocab_size} tokens: "
+                             "not this model's tokenizer")
         if tok.vocab_size > model.config.vocab_size:
             # tokens added to the tokenizer (tags_as_special): new embedding rows, mean-initialised
             print(f"model: vocabulary {model.config.vocab_size} -> {tok.vocab_size} rows for the "

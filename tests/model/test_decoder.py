@@ -100,38 +100,37 @@ def test_resize_vocab_keeps_old_outputs_and_adds_mean_rows(tied):
         model.resize_vocab(10)
 
 
+SMALL = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=8, intermediate_size=48)
+
+
+def loss_and_grads(setup, seed, autocast=False):
+    """A training forward/backward of a fresh SMALL model (init seed 3) after setup(model):
+    [loss, every parameter's gradient]."""
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(seed))
+    model = Decoder(SMALL)
+    model.init_weights(3)
+    setup(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(ids).float().logsumexp(-1).mean()
+    loss.backward()
+    return [loss.detach()] + [p.grad for p in model.parameters()]
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_recompute_elementwise_gives_bit_identical_gradients(autocast):
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=8, intermediate_size=48)
-    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
-    grads = []
-    for recompute in (False, True):
-        model = Decoder(cfg)
-        model.init_weights(3)
-        model.recompute_elementwise = recompute
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(ids).float().logsumexp(-1).mean()
-        loss.backward()
-        grads.append([loss.detach()] + [p.grad for p in model.parameters()])
-    for a, b in zip(*grads):
+    def no_recompute(model):
+        model.recompute_elementwise = False
+    saved = loss_and_grads(no_recompute, seed=1, autocast=autocast)
+    recomputed = loss_and_grads(lambda model: None, seed=1, autocast=autocast)
+    for a, b in zip(saved, recomputed):
         assert torch.equal(a, b)
 
 
 def test_compiled_blocks_match_eager_in_training():
     # regional torch.compile (train.py compile = true) with the norm/SwiGLU recompute inside the
     # compiled blocks: same loss and gradients as eager, to fp32 rounding
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=8, intermediate_size=48)
-    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(2))
-    results = []
-    for compiled in (False, True):
-        model = Decoder(cfg)
-        model.init_weights(5)
-        if compiled:
-            model.compile_blocks()
-        loss = model(ids).logsumexp(-1).mean()
-        loss.backward()
-        results.append([loss.detach()] + [p.grad for p in model.parameters()])
-    for a, b in zip(*results):
+    eager = loss_and_grads(lambda model: None, seed=2)
+    compiled = loss_and_grads(lambda model: model.compile_blocks(), seed=2)
+    for a, b in zip(eager, compiled):
         assert_close(a, b, rtol=1e-5, atol=1e-6)

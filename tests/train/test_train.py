@@ -231,3 +231,20 @@ def test_tags_as_special_grows_a_pretrained_vocabulary_and_saves_the_tokenizer(t
     assert all(added[tag]["special"] for tag in tags)
     assert load_tokenizer(str(final)).encode("<Answer>") == [vocab + 2]
     assert results["stage2"]["n"] == 8
+
+
+def test_a_tokenizer_larger_than_the_model_is_an_error_not_a_resize(tmp_path):
+    train.main(argv(tmp_path / "base", stage=1, eval="false"))
+    base, cut = tmp_path / "base" / "stage1" / "final", tmp_path / "cut"
+    cut.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        if (base / name).exists():
+            (cut / name).write_text((base / name).read_text())
+    config = json.loads((base / "config.json").read_text())
+    (cut / "config.json").write_text(json.dumps(dict(config, vocab_size=config["vocab_size"] - 10)))
+    weights = final_weights(tmp_path / "base", 1)
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:-10].clone()
+    from safetensors.torch import save_file
+    save_file(weights, cut / "model.safetensors")
+    with pytest.raises(train.TrainError, match="not this model's tokenizer"):
+        train.main(argv(tmp_path / "run", stage=2, init=str(cut)))
