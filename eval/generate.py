@@ -12,18 +12,21 @@ Returned rows hold the new tokens only, ending with the EOS id / stop tokens tha
 import contextlib
 
 import torch
-import torch.nn.functional as F
+
+from model.packed import packed_linears
 
 
 def generate(model, prompts, max_new_tokens, eos_ids, stop_ids=None, temperature=0.0, top_p=1.0,
              seed=None, batch_size=16, *, stop_strings=None, tokenizer=None, pad_id=0,
-             autocast_dtype=None, device=None):
+             autocast_dtype=None, device=None, pack_weights=True):
     """Generate continuations of token-id prompts; returns list[list[int]] in prompt order.
 
     eos_ids: int or list of ints; stop_ids: one token sequence (list[int]) or a list of them;
     temperature 0 means greedy; sampling draws from a torch.Generator seeded with `seed` (0 when
     None), so a run is reproducible for the same prompts, batch_size and device.
     pad_id: the token fed for padding and for rows that already finished (never attended to).
+    pack_weights: on CPU, run the matmuls on weights prepacked for oneDNN (model/packed.py:
+    faster decoding for one extra copy of the weights while generate runs).
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -49,10 +52,11 @@ def generate(model, prompts, max_new_tokens, eos_ids, stop_ids=None, temperature
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _autocast(device, autocast_dtype):
+        packing = packed_linears(model, autocast_dtype) if pack_weights else _plain_output(model)
+        with torch.inference_mode(), _autocast(device, autocast_dtype), packing as output:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                rows = _generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, eos_ids,
+                rows = _generate_batch(model, output, [prompts[i] for i in chunk], max_new_tokens, eos_ids,
                                        stop_sequences, temperature, top_p, generator,
                                        stop_strings, tokenizer, pad_id, device)
                 for i, row in zip(chunk, rows):
@@ -68,6 +72,11 @@ def _stop_sequences(stop_ids):
     if all(isinstance(t, int) for t in stop_ids):
         return [list(stop_ids)]
     return [list(s) for s in stop_ids if s]
+
+
+@contextlib.contextmanager
+def _plain_output(model):
+    yield lambda hidden: torch.nn.functional.linear(hidden, model.output_weight)
 
 
 def _autocast(device, dtype):
@@ -89,8 +98,8 @@ def _left_pad(prompts, pad_id, device):
     return input_ids.to(device), positions.to(device), segment_ids.to(device), lengths.to(device)
 
 
-def _next_token(hidden_last, model, temperature, top_p, generator):
-    logits = F.linear(hidden_last, model.output_weight).float()
+def _next_token(hidden_last, output, temperature, top_p, generator):
+    logits = output(hidden_last).float()
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -104,7 +113,7 @@ def _next_token(hidden_last, model, temperature, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _generate_batch(model, prompts, max_new_tokens, eos_ids, stop_sequences, temperature, top_p,
+def _generate_batch(model, output, prompts, max_new_tokens, eos_ids, stop_sequences, temperature, top_p,
                     generator, stop_strings, tokenizer, pad_id, device):
     batch = len(prompts)
     input_ids, positions, segment_ids, lengths = _left_pad(prompts, pad_id, device)
@@ -121,7 +130,7 @@ def _generate_batch(model, prompts, max_new_tokens, eos_ids, stop_sequences, tem
     tails = [[] for _ in range(batch)] if stop_strings else None
     window = 4 * max(len(s) for s in stop_strings) if stop_strings else 0
     for step in range(max_new_tokens):
-        token = _next_token(hidden[:, -1], model, temperature, top_p, generator)
+        token = _next_token(hidden[:, -1], output, temperature, top_p, generator)
         token = token.masked_fill(finished, pad_id)
         out[:, step] = token
         done = torch.isin(token, eos) if len(eos_ids) else torch.zeros_like(finished)
