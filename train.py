@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
+from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
 from loss import weighted_linear_cross_entropy
 from model import Decoder, ModelConfig, load_pretrained, save_pretrained
@@ -107,6 +108,7 @@ class Config:
     compile: bool = False           # torch.compile each decoder block (the loss kernel: compile_loss)
     compile_loss: bool = True
     grad_checkpointing: bool = False
+    select_rows: bool = True        # last layer: queries and MLP only where a weighted target is
     # several processes (launched by torchrun): none | ddp (replicas) | fsdp (FSDP2 sharding)
     parallel: str = "none"
     cpu_offload: bool = False       # fsdp: parameter shards, gradients, optimizer state in CPU memory
@@ -362,14 +364,15 @@ class LossHead(nn.Module):
     parameters (embedding, final norm, output weight, tied or not) are unsharded only inside its
     forward, so the loss that reads the output weight must run there."""
 
-    def __init__(self, model, autocast, device):
+    def __init__(self, model, autocast, device, select_rows=True):
         super().__init__()
-        self.model, self.autocast, self.device = model, autocast, device
+        self.model, self.autocast, self.device, self.select_rows = model, autocast, device, select_rows
 
     def forward(self, batch, role_weights, z_loss=0.0, dft=False, compile=True):
         with self.autocast:  # the loss's output-layer matmuls run in the autocast dtype too
-            hidden, targets, roles = forward_hidden(self.model, batch, self.device)
-            return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, role_weights[roles],
+            hidden, targets, roles, weights = forward_hidden(self.model, batch, role_weights, self.device,
+                                                             self.select_rows)
+            return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, weights,
                                                  roles, z_loss=z_loss, dft=dft, compile=compile)
 
 
@@ -377,7 +380,7 @@ def wrap_model(model, cfg, dist, device):
     """The module the loop calls: LossHead around the (compiled) decoder, in DDP or sharded by FSDP2."""
     amp = amp_dtype(cfg)
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    head = LossHead(model.compile_blocks() if cfg.compile else model, autocast, device)
+    head = LossHead(model.compile_blocks() if cfg.compile else model, autocast, device, cfg.select_rows)
     if cfg.parallel == "ddp":
         return DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.parallel == "fsdp":
@@ -540,11 +543,21 @@ def validate(head, val, tok, device, cfg, dist=Dist()):
     return {f"val_{ROLE_NAMES[r]}_nll": (sums[r] / counts[r]).item() for r in (COT, KEY) if counts[r] > 0}
 
 
-def forward_hidden(model, batch, device):
+def forward_hidden(model, batch, role_weights, device, select_rows=True):
+    """Final hidden states [n, H] with the targets, roles and token weights of the same n positions.
+    select_rows: only the positions with a weighted target (the loss drops the others anyway), so
+    the decoder's last layer runs its queries, attention and MLP for those rows only (in stage 2,
+    the Key tokens); otherwise every position."""
     ids = batch["input_ids"].to(device)
     segments = batch["segment_ids"].to(device) if batch.get("segment_ids") is not None else None
-    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True)
-    return hidden.flatten(0, 1), batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
+    targets, roles = batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
+    weights = role_weights[roles]
+    rows = torch.nonzero((weights != 0) & (targets != IGNORE_INDEX)).squeeze(1) if select_rows else None
+    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True,
+                   rows=rows)
+    if rows is None:
+        return hidden.flatten(0, 1), targets, roles, weights
+    return hidden, targets[rows], roles[rows], weights[rows]
 
 
 def accumulate_gradients(head, model, micro, role_weights, sc, cfg, device, autocast, scaler, where, dist=Dist()):

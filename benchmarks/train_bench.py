@@ -99,6 +99,7 @@ def copy_ours_into_hf(ours, hf):
 
 
 ADAMW = "fused"  # set from --adamw
+SELECT_ROWS = True  # set from --no-select-rows
 
 
 def compiled(model, args):
@@ -135,13 +136,17 @@ def autocast_for(precision, device):
 def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss, loss_in_autocast):
     from loss import weighted_linear_cross_entropy
     autocast = autocast_for(precision, batch["input_ids"].device)
+    targets, roles = batch["targets"].flatten(), batch["roles"].flatten()
+    rows = None
+    if SELECT_ROWS:  # as train.py: the last layer's query path only where a weighted target is
+        rows = torch.nonzero((weights != 0) & (targets != -100)).squeeze(1)
+        targets, roles, weights = targets[rows], roles[rows], weights[rows]
     with autocast:
-        hidden = forward(batch["input_ids"], return_hidden=True).flatten(0, 1)
+        hidden = forward(batch["input_ids"], return_hidden=True, rows=rows).flatten(0, -2)
     # train.py calls the loss outside autocast (its output matmul then runs in fp32)
     with autocast if loss_in_autocast else torch.autocast("cpu", enabled=False):
         loss_sum, _, _ = weighted_linear_cross_entropy(
-            hidden, model.output_weight, batch["targets"].flatten(), weights,
-            batch["roles"].flatten(), compile=compile_loss)
+            hidden, model.output_weight, targets, weights, roles, compile=compile_loss)
     loss = loss_sum / weights.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -289,6 +294,7 @@ def memory_table(args, device):
             cmd += ["--compile"] * args.compile + ["--no-compile-loss"] * (not args.compile_loss)
             cmd += ["--loss-outside-autocast"] * args.loss_outside_autocast
             cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--no-recompute"] * args.no_recompute
+            cmd += ["--no-select-rows"] * args.no_select_rows
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             result[side] = json.loads(out.strip().splitlines()[-1])
         o, h = result["ours"], result["hf"]
@@ -363,6 +369,9 @@ def main():
     p.add_argument("--no-recompute", action="store_true",
                    help="our model with recompute_elementwise = False (norm and SwiGLU outputs "
                         "saved for backward instead of recomputed)")
+    p.add_argument("--no-select-rows", action="store_true",
+                   help="ours without Decoder(rows=...): the last layer's queries, attention and "
+                        "MLP for every position, not only where a weighted target is")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--memory-steps", type=int, default=2)
@@ -370,8 +379,8 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global ADAMW
-    ADAMW = args.adamw
+    global ADAMW, SELECT_ROWS
+    ADAMW, SELECT_ROWS = args.adamw, not args.no_select_rows
     device = torch.device(args.device)
     if args.memory_child:
         return memory_child(args, args.memory_child, args.precisions, device)

@@ -1,5 +1,6 @@
 """The decoder: Llama / Qwen2 / Qwen3 / SmolLM3 / Mistral in one file (pre-norm, RoPE, GQA, SwiGLU)."""
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -110,6 +111,35 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=gqa)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
+    def forward_rows(self, h, cos, sin, select):
+        """Attention output [n, hidden] for the selected positions only: keys and values for every
+        position (the selected queries attend to them), queries, attention and the output
+        projection for the n selected ones (see RowSelection)."""
+        B, T, _ = h.shape
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        q_size = heads * head_dim
+        weight, bias = self.qkv.weight, self.qkv.bias  # rows q | k | v
+        kv = F.linear(h, weight[q_size:], None if bias is None else bias[q_size:])
+        q = F.linear(h.reshape(B * T, -1).index_select(0, select.rows), weight[:q_size],
+                     None if bias is None else bias[:q_size])
+        k, v = kv.split(kv_heads * head_dim, dim=-1)
+        q, k = q.view(-1, heads, head_dim), k.view(B, T, kv_heads, head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.use_rope:
+            k = apply_rope(k, cos, sin)
+            q = apply_rope(q, cos.flatten(0, 1).index_select(0, select.rows),
+                           sin.flatten(0, 1).index_select(0, select.rows))
+        # the selected queries of batch row b go to slots b * width ... (unused slots see key 0 only)
+        width = select.mask.shape[2]
+        q = q.new_zeros(B * width, heads, head_dim).index_copy(0, select.slots, q)
+        q = q.view(B, width, heads, head_dim).transpose(1, 2)
+        k, v = k.transpose(1, 2), v.view(B, T, kv_heads, head_dim).transpose(1, 2)
+        if heads != kv_heads:  # fused SDPA takes a mask or grouped heads, not both
+            k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=select.mask)
+        return self.o(y.transpose(1, 2).reshape(B * width, q_size).index_select(0, select.slots))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -137,7 +167,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, recompute=False):
+    def forward(self, x, cos, sin, mask, cache=None, recompute=False, select=None):
+        if select is not None:
+            return self._forward_rows(x, cos, sin, select, recompute)
         # recompute: the norms and the SwiGLU product keep only their inputs for backward (the
         # residual stream and the gate|up output, alive anyway) and run again there, instead of
         # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory
@@ -147,6 +179,39 @@ class Block(nn.Module):
             return x + self.mlp(checkpoint(self.mlp_norm, x, use_reentrant=False), recompute=True)
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
+
+    def _forward_rows(self, x, cos, sin, select, recompute):
+        """The block's output [n, hidden] at the selected positions (RowSelection): the norm runs on
+        every position (their keys and values), everything after the attention on n rows."""
+        h = checkpoint(self.attn_norm, x, use_reentrant=False) if recompute else self.attn_norm(x)
+        x = x.flatten(0, 1).index_select(0, select.rows) + self.attn.forward_rows(h, cos, sin, select)
+        h = checkpoint(self.mlp_norm, x, use_reentrant=False) if recompute else self.mlp_norm(x)
+        return x + self.mlp(h, recompute=recompute)
+
+
+class RowSelection(NamedTuple):
+    """Which positions' final hidden states a forward must produce (Decoder.forward(rows=...)).
+    rows [n]: flat indices b * T + t, ascending; slots [n]: where each sits in a [B, width] query
+    layout (b * width + its rank within row b); mask [B, 1, width, T]: causal and same-segment."""
+    rows: torch.Tensor
+    slots: torch.Tensor
+    mask: torch.Tensor
+
+    @staticmethod
+    def build(rows, segment_ids, B, T):
+        device = rows.device
+        batch_row, t = rows // T, rows % T
+        counts = torch.bincount(batch_row, minlength=B)
+        width = max(int(counts.max()), 1) if rows.numel() else 1
+        rank = torch.arange(rows.numel(), device=device) - (counts.cumsum(0) - counts)[batch_row]
+        slots = batch_row * width + rank
+        query_t = torch.zeros(B * width, dtype=torch.long, device=device).index_copy(0, slots, t)
+        mask = torch.arange(T, device=device) <= query_t.view(B, width, 1)
+        if segment_ids is not None:
+            query_seg = segment_ids[:, :1].expand(B, width).flatten().index_copy(
+                0, slots, segment_ids.flatten().index_select(0, rows))
+            mask = mask & (query_seg.view(B, width, 1) == segment_ids[:, None, :])
+        return RowSelection(rows, slots, mask[:, None])
 
 
 class Decoder(nn.Module):
@@ -170,10 +235,17 @@ class Decoder(nn.Module):
         w = self.embed.weight
         return KVCache(self.config, batch_size, max_len, w.dtype, w.device)
 
-    def forward(self, input_ids, positions=None, segment_ids=None, cache=None, return_hidden=False):
+    def forward(self, input_ids, positions=None, segment_ids=None, cache=None, return_hidden=False, rows=None):
+        """Logits [B, T, V] (or the final hidden states [B, T, H] with return_hidden). rows: flat
+        indices b * T + t (ascending) of the only positions whose output is needed, e.g. those whose
+        next token carries loss: then the result is [n, V] / [n, H] for those rows, and the last
+        layer computes keys and values for every position but queries, attention, output
+        projection and MLP for the n rows only (training; not with a cache)."""
         B, T = input_ids.shape
         device = input_ids.device
         start = 0 if cache is None else cache.length
+        if rows is not None and cache is not None:
+            raise ValueError("rows: selecting output positions is for training forwards, not with a cache")
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"cache: {start} cached + {T} new tokens exceed max_len {cache.max_len}")
         if positions is None:
@@ -186,11 +258,13 @@ class Decoder(nn.Module):
         mask = self._mask(segment_ids, cache, B, T, device)
         training = self.training and cache is None and torch.is_grad_enabled()
         recompute = training and self.recompute_elementwise and not self.gradient_checkpointing
-        for layer in self.layers:
+        select = None if rows is None else RowSelection.build(rows, segment_ids, B, T)
+        for i, layer in enumerate(self.layers):
+            last = select if i == len(self.layers) - 1 else None
             if training and self.gradient_checkpointing:
-                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, None, False, last, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, recompute)
+                x = layer(x, cos, sin, mask, cache, recompute, last)
         if cache is not None:
             cache.length += T
         x = self.norm(x)

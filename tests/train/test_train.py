@@ -104,6 +104,27 @@ def test_accumulation_equals_full_batch(tmp_path, weights):
         torch.testing.assert_close(updates[1][name], updates[0][name], rtol=1e-5, atol=1e-6)  # lr 1e-3
 
 
+@pytest.mark.parametrize("weights", [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]], ids=["stage1", "stage2"])
+def test_selecting_the_weighted_rows_gives_the_full_forwards_gradients(tmp_path, weights):
+    # select_rows (default): the last layer's queries and MLP only where a weighted target is
+    cfg, tok, ds, model = setup_model(tmp_path)
+    micro = [collate(ds, list(range(6)), tok.pad_id)]
+    grads = {}
+    for select in (True, False):
+        head = train.LossHead(model, torch.autocast("cpu", enabled=False), torch.device("cpu"), select)
+        model.zero_grad(set_to_none=True)
+        loss, role_sum, role_count, _ = train.accumulate_gradients(
+            head, model, micro, torch.tensor(weights + [0.0]), cfg.stage1, cfg, torch.device("cpu"),
+            torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), "test")
+        grads[select] = (loss, role_sum, role_count, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (loss_a, sum_a, count_a, a), (loss_b, sum_b, count_b, b) = grads[True], grads[False]
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert torch.equal(count_a, count_b) and count_a.sum() > 0
+    torch.testing.assert_close(sum_a, sum_b, rtol=1e-5, atol=1e-6)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def test_stage2_gradients_come_only_from_key_tokens(tmp_path):
     cfg, tok, ds, model = setup_model(tmp_path)
     batch = collate(ds, [0, 1, 2], tok.pad_id)
