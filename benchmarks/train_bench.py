@@ -312,7 +312,7 @@ def stages_table(args, device):
     cases = [("SmolLM2-135M", shape(SMOLLM2_135M, args.layers), args.batch, args.seq),
              ("Qwen2.5-0.5B", shape(QWEN25_05B, args.qwen_layers), args.qwen_batch, args.seq)]
     rows = []
-    for name, hf_dict, batch_size, seq in cases:
+    for model_name, hf_dict, batch_size, seq in cases:
         model = build_ours(hf_dict, device)
         forward = compiled(model, args)
         batch = make_batch(batch_size, seq, hf_dict["vocab_size"], args.key_fraction, device)
@@ -320,27 +320,38 @@ def stages_table(args, device):
         stage_weights = {1: ((targets != -100)).float(), 2: (roles == 2).float()}
         for precision in args.precisions.split(","):
             optimizer = make_optimizer(model)
-            runs = {n: (lambda w=w: ours_step(model, forward, optimizer, batch, w, precision,
-                                              args.compile_loss, not args.loss_outside_autocast))
-                    for n, w in stage_weights.items()}
-            runs[1](), runs[2]()
-            times = {1: [], 2: []}
+
+            def run(weights, select):
+                global SELECT_ROWS
+                SELECT_ROWS = select
+                return ours_step(model, forward, optimizer, batch, weights, precision,
+                                 args.compile_loss, not args.loss_outside_autocast)
+            # stage 1, stage 2, and stage 2 without row selection (the last layer on every
+            # position), in a rotating order so that drifting load hits all three alike
+            runs = {"1": lambda: run(stage_weights[1], True), "2": lambda: run(stage_weights[2], True),
+                    "2 full": lambda: run(stage_weights[2], False)}
+            for fn in runs.values():
+                fn()
+            times = {name: [] for name in runs}
+            names = list(runs)
             for pair in range(args.pairs):
-                for n in ((1, 2) if pair % 2 == 0 else (2, 1)):
-                    times[n].append(timed(runs[n], device)[0])
-            ratios = [b / a for a, b in zip(times[1], times[2])]
-            rows.append((name, hf_dict["num_hidden_layers"], batch_size, seq, precision,
-                         int(stage_weights[2].sum()), statistics.median(times[1]),
-                         statistics.median(times[2]), statistics.median(ratios)))
-            print(f"  {name} {precision}: stage 1 {times[1]} stage 2 {times[2]}", flush=True)
+                for name in names[pair % 3:] + names[:pair % 3]:
+                    times[name].append(timed(runs[name], device)[0])
+            ratio = {name: statistics.median([b / a for a, b in zip(times["1"], times[name])])
+                     for name in ("2", "2 full")}
+            rows.append((model_name, hf_dict["num_hidden_layers"], batch_size, seq, precision,
+                         int(stage_weights[2].sum()), statistics.median(times["1"]),
+                         statistics.median(times["2"]), ratio["2"], statistics.median(times["2 full"]),
+                         ratio["2 full"]))
+            print(f"  {model_name} {precision}: {times}", flush=True)
             del optimizer
         del model, forward
     print("\n| output layer | layers | batch x seq | precision | Key tokens | stage 1 s/step | "
-          "stage 2 s/step | stage 2 / stage 1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, layers, b, s, precision, keys, t1, t2, r in rows:
+          "stage 2 s/step | stage 2 / stage 1 | stage 2, no row selection | / stage 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, layers, b, s, precision, keys, t1, t2, r, t2f, rf in rows:
         print(f"| {name} | {layers} | {b} x {s} | {precision} | {keys} | {t1:.2f} | {t2:.2f} | "
-              f"{r:.2f}x |")
+              f"{r:.2f}x | {t2f:.2f} | {rf:.2f}x |")
     sys.stdout.flush()
 
 
