@@ -10,9 +10,13 @@ Arms (role weights PROMPT, COT, KEY):
   sft_tag_equal tagged response, stage 1 (0, 1, 1) for as many steps as sftkey_tag's two stages
   weighted      tagged response, stage 1 (0, 1, key_weight): single-stage token weighting
 sft_tag is not trained separately: with the same seed it is exactly sftkey_tag's stage 1.
-Finished runs are found in --out and not retrained.
+Finished runs are found in --out and not retrained, and unfinished ones are resumed, but only
+when the config they were started with equals the one this command gives the arm; a run directory
+of any other config (another config file, --set, or a changed default) stops the ablation with the
+differing fields named, rather than mixing old results into the table.
 """
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,20 +48,51 @@ def steps_per_stage(run_dir):
     return steps
 
 
+class AblationError(Exception):
+    pass
+
+
+# settings that may differ between a saved run and this command without changing its results
+RUN_ONLY_FIELDS = ("out", "resume", "parallel")
+
+
+def check_same_config(out, argv):
+    """Raises AblationError when the run in `out` was started with another config than `argv` gives."""
+    import train
+    saved = json.loads((out / "config.json").read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(train.parse_args(argv))))
+
+    def differences(a, b, prefix=""):
+        for key in sorted(set(a) | set(b)):
+            if not prefix and key in RUN_ONLY_FIELDS:
+                continue
+            x, y = a.get(key, "<missing>"), b.get(key, "<missing>")
+            if isinstance(x, dict) and isinstance(y, dict):
+                yield from differences(x, y, f"{prefix}{key}.")
+            elif x != y:
+                yield f"{prefix}{key}: {x!r} there, {y!r} now"
+    diff = list(differences(saved, wanted))
+    if diff:
+        raise AblationError(f"{out} holds a run of another config ({'; '.join(diff[:6])}"
+                            f"{'; ...' if len(diff) > 6 else ''}): move it away or choose another --out")
+
+
 def run_arm(arm, seed, args, extra):
     """Trains one arm for one seed unless its results exist; returns {stage: metrics}."""
     import train
     out = Path(args.out) / arm / f"seed{seed}"
-    final_stage = "stage2" if arm == "sftkey_tag" else "stage1"
-    results_path = out / "results.json"
-    if results_path.exists() and final_stage in json.loads(results_path.read_text()):
-        return json.loads(results_path.read_text())
     # the arm's own settings come after the user's overrides so that they win
     argv = ["--config", args.config, "--out", str(out), "--seed", str(seed)] + extra + arm_overrides(arm, args.key_weight)
     if arm == "sft_tag_equal":
         steps = steps_per_stage(Path(args.out) / "sftkey_tag" / f"seed{seed}")
         argv += ["--set", f"stage1.max_steps={steps[1] + steps[2]}"]
     resume = out.joinpath("config.json").exists()
+    if resume:
+        check_same_config(out, argv)
+    final_stage = "stage2" if arm == "sftkey_tag" else "stage1"
+    results_path = out / "results.json"
+    if results_path.exists() and final_stage in json.loads(results_path.read_text()):
+        return json.loads(results_path.read_text())
     print(f"== {arm} seed {seed}" + (" (resuming)" if resume else ""), flush=True)
     return train.main(argv + (["--resume"] if resume else []))
 
@@ -169,6 +204,6 @@ if __name__ == "__main__":
     try:
         main()
     except Exception as e:  # the table so far is on disk; rerunning resumes
-        if type(e).__name__ in ("TrainError", "DataError"):
+        if type(e).__name__ in ("TrainError", "DataError", "AblationError"):
             sys.exit(f"eval.ablation: {e}")
         raise

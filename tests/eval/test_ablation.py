@@ -46,6 +46,10 @@ def test_ablation_runs_every_arm_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "main", no_training)
     assert ablation.main(argv) == runs
+    # the same --out with another config: an error naming the field, never the old results
+    with pytest.raises(ablation.AblationError, match=r"stage1\.lr: 0\.0005 there, 0\.123 now"):
+        ablation.main(argv + ["--set", "stage1.lr=0.123"])
+    assert json.loads((tmp_path / "runs.json").read_text()) == runs
 
 
 def test_ablation_rejects_unknown_arms_and_single_seeds(tmp_path):
