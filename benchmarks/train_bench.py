@@ -44,6 +44,12 @@ QWEN25_05B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_
                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                   rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   bos_token_id=151643, eos_token_id=151643, pad_token_id=151643)
+# configs/demo.toml's model (the default run) on its synthetic task's shape: 66-token rows of which
+# the prompt is 39% and the Key 12% (data: 146,800 prompt, 28,924 Key of 377,540 tokens)
+DEMO = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=256, hidden_size=256,
+            intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=64, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
+            tie_word_embeddings=True)
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 
 
@@ -51,15 +57,17 @@ def shape(base, layers):
     return dict(base, num_hidden_layers=layers or base["num_hidden_layers"])
 
 
-def make_batch(batch, seq, vocab, key_fraction, device, seed=0):
-    """Random ids; targets = next id (-100 on the last position); the last key_fraction of each
-    row are Key tokens (role 2), the rest CoT (role 1)."""
+def make_batch(batch, seq, vocab, key_fraction, device, seed=0, prompt_fraction=0.0):
+    """Random ids; targets = next id (-100 on the last position); the first prompt_fraction of
+    each row are prompt tokens (role 0), the last key_fraction Key tokens (role 2), the rest CoT
+    (role 1)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, seq + 1), generator=gen)
     targets = ids[:, 1:].clone()
     targets[:, -1] = -100
     roles = torch.ones(batch, seq, dtype=torch.long)
     roles[:, seq - max(1, round(key_fraction * seq)):] = 2
+    roles[:, :round(prompt_fraction * seq)] = 0
     roles[targets == -100] = 3
     return {k: v.to(device) for k, v in
             dict(input_ids=ids[:, :-1].contiguous(), targets=targets, roles=roles).items()}
@@ -306,18 +314,24 @@ def memory_table(args, device):
 
 
 def stages_table(args, device):
-    print(f"\n## Stage 2 (only Key tokens weighted, {100 * args.key_fraction:.0f}% of tokens) vs "
-          f"stage 1 (every token weighted), ours, same batch, compile="
+    print(f"\n## Stage 2 (only the Key tokens weighted: --key-fraction {args.key_fraction} of each "
+          f"row for smollm2 / qwen) vs stage 1 (CoT and Key weighted), ours, same batch, compile="
           f"{'on' if args.compile else 'off'}, load avg {load_average()}\n", flush=True)
-    cases = [("SmolLM2-135M", shape(SMOLLM2_135M, args.layers), args.batch, args.seq),
-             ("Qwen2.5-0.5B", shape(QWEN25_05B, args.qwen_layers), args.qwen_batch, args.seq)]
+    cases = {"smollm2": ("SmolLM2-135M", shape(SMOLLM2_135M, args.layers), args.batch, args.seq,
+                         args.key_fraction, 0.0),
+             "qwen": ("Qwen2.5-0.5B", shape(QWEN25_05B, args.qwen_layers), args.qwen_batch, args.seq,
+                      args.key_fraction, 0.0),
+             "demo": ("demo (configs/demo.toml)", DEMO, 32, 66, 0.12, 0.39)}
     rows = []
-    for model_name, hf_dict, batch_size, seq in cases:
+    for case in args.stage_cases.split(","):
+        model_name, hf_dict, batch_size, seq, key_fraction, prompt_fraction = cases[case]
         model = build_ours(hf_dict, device)
         forward = compiled(model, args)
-        batch = make_batch(batch_size, seq, hf_dict["vocab_size"], args.key_fraction, device)
+        batch = make_batch(batch_size, seq, hf_dict["vocab_size"], key_fraction, device,
+                           prompt_fraction=prompt_fraction)
         targets, roles = batch["targets"].flatten(), batch["roles"].flatten()
-        stage_weights = {1: ((targets != -100)).float(), 2: (roles == 2).float()}
+        # stage 1 weights CoT and Key (every token but the prompt), stage 2 the Key only
+        stage_weights = {1: ((targets != -100) & (roles != 0)).float(), 2: (roles == 2).float()}
         for precision in args.precisions.split(","):
             optimizer = make_optimizer(model)
 
@@ -326,32 +340,36 @@ def stages_table(args, device):
                 SELECT_ROWS = select
                 return ours_step(model, forward, optimizer, batch, weights, precision,
                                  args.compile_loss, not args.loss_outside_autocast)
-            # stage 1, stage 2, and stage 2 without row selection (the last layer on every
-            # position), in a rotating order so that drifting load hits all three alike
+            # stage 1 and stage 2, each with row selection (train.py's default: the last layer's
+            # queries and MLP only where a weighted target is) and without (every position), in a
+            # rotating order so that drifting load hits all four alike
             runs = {"1": lambda: run(stage_weights[1], True), "2": lambda: run(stage_weights[2], True),
+                    "1 full": lambda: run(stage_weights[1], False),
                     "2 full": lambda: run(stage_weights[2], False)}
             for fn in runs.values():
                 fn()
             times = {name: [] for name in runs}
             names = list(runs)
             for pair in range(args.pairs):
-                for name in names[pair % 3:] + names[:pair % 3]:
+                for name in names[pair % 4:] + names[:pair % 4]:
                     times[name].append(timed(runs[name], device)[0])
-            ratio = {name: statistics.median([b / a for a, b in zip(times["1"], times[name])])
-                     for name in ("2", "2 full")}
+            median = {name: statistics.median(t) for name, t in times.items()}
+            ratio = {sel: statistics.median([b / a for a, b in zip(times["1" + sel], times["2" + sel])])
+                     for sel in ("", " full")}
             rows.append((model_name, hf_dict["num_hidden_layers"], batch_size, seq, precision,
-                         int(stage_weights[2].sum()), statistics.median(times["1"]),
-                         statistics.median(times["2"]), ratio["2"], statistics.median(times["2 full"]),
-                         ratio["2 full"]))
+                         int(stage_weights[2].sum()), median, ratio))
             print(f"  {model_name} {precision}: {times}", flush=True)
             del optimizer
         del model, forward
-    print("\n| output layer | layers | batch x seq | precision | Key tokens | stage 1 s/step | "
-          "stage 2 s/step | stage 2 / stage 1 | stage 2, no row selection | / stage 1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, layers, b, s, precision, keys, t1, t2, r, t2f, rf in rows:
-        print(f"| {name} | {layers} | {b} x {s} | {precision} | {keys} | {t1:.2f} | {t2:.2f} | "
-              f"{r:.2f}x | {t2f:.2f} | {rf:.2f}x |")
+    print("\nEach cell: with row selection (train.py's default) / without (the last layer on every "
+          "position).\n")
+    print("| model | layers | batch x seq | precision | Key tokens | stage 1 s/step | stage 2 s/step | "
+          "stage 2 / stage 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, layers, b, s, precision, keys, median, ratio in rows:
+        print(f"| {name} | {layers} | {b} x {s} | {precision} | {keys} | {median['1']:.2f} / "
+              f"{median['1 full']:.2f} | {median['2']:.2f} / {median['2 full']:.2f} | "
+              f"{ratio['']:.2f}x / {ratio[' full']:.2f}x |")
     sys.stdout.flush()
 
 
@@ -363,6 +381,9 @@ def main():
     p.add_argument("--qwen-layers", type=int, default=0, help="Qwen2.5-0.5B layers (0: all 24)")
     p.add_argument("--qwen-batch", type=int, default=1)
     p.add_argument("--key-fraction", type=float, default=0.07)
+    p.add_argument("--stage-cases", default="smollm2,qwen",
+                   help="models of the stages table: smollm2, qwen, demo (the default run's model "
+                        "and row shape: 32 x 66, 39%% prompt, 12%% Key)")
     p.add_argument("--precisions", default="bf16,fp32")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--tables", default="speed,memory,stages")
