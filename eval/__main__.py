@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-pack", action="store_true",
+                   help="plain F.linear matmuls instead of weights prepacked for oneDNN (CPU)")
     return p.parse_args(argv)
 
 
@@ -51,7 +53,8 @@ def main(argv=None):
     metrics = evaluate(model, tok, records, style=args.style, template=args.template,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        out_dir=args.out, autocast_dtype=resolve_dtype(args.autocast),
-                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                       pack_weights=not args.no_pack)
     print(json.dumps(metrics, indent=1))
     print(f"wrote {os.path.join(args.out, 'metrics.json')} and "
           f"{os.path.join(args.out, 'predictions.jsonl')}", file=sys.stderr)

@@ -23,7 +23,7 @@ STYLES = ("tagged", "plain")
 
 def evaluate(model, tok, records, style="tagged", template="plain", max_new_tokens=512,
              batch_size=16, out_dir=None, device=None, autocast_dtype=None, temperature=0.0,
-             top_p=1.0, seed=None):
+             top_p=1.0, seed=None, pack_weights=True):
     """Generate for every record and judge it; returns the metrics dict (also metrics.json).
 
     out_dir: when given, writes metrics.json and predictions.jsonl there (atomically).
@@ -44,7 +44,7 @@ def evaluate(model, tok, records, style="tagged", template="plain", max_new_toke
                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                          stop_strings=[ANSWER_CLOSE] if style == "tagged" else None,
                          tokenizer=tok if style == "tagged" else None, pad_id=tok.pad_id,
-                         autocast_dtype=autocast_dtype)
+                         autocast_dtype=autocast_dtype, pack_weights=pack_weights)
     seconds = time.perf_counter() - started
     hidden_ids = _hidden_special_ids(tok)
     predictions = []
