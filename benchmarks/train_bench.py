@@ -141,12 +141,14 @@ def autocast_for(precision, device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss, loss_in_autocast):
+def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss, loss_in_autocast,
+              select_rows=None):
+    """select_rows: None = --no-select-rows' setting (SELECT_ROWS)."""
     from loss import weighted_linear_cross_entropy
     autocast = autocast_for(precision, batch["input_ids"].device)
     targets, roles = batch["targets"].flatten(), batch["roles"].flatten()
     rows = None
-    if SELECT_ROWS:  # as train.py: the last layer's query path only where a weighted target is
+    if SELECT_ROWS if select_rows is None else select_rows:  # as train.py: the last layer's query path only where a weighted target is
         rows = torch.nonzero((weights != 0) & (targets != -100)).squeeze(1)
         targets, roles, weights = targets[rows], roles[rows], weights[rows]
     with autocast:
@@ -323,6 +325,9 @@ def stages_table(args, device):
                       args.key_fraction, 0.0),
              "demo": ("demo (configs/demo.toml)", DEMO, 32, 66, 0.12, 0.39)}
     rows = []
+    unknown = [c for c in args.stage_cases.split(",") if c not in cases]
+    if unknown:
+        sys.exit(f"--stage-cases: unknown {unknown}; choose from {', '.join(cases)}")
     for case in args.stage_cases.split(","):
         model_name, hf_dict, batch_size, seq, key_fraction, prompt_fraction = cases[case]
         model = build_ours(hf_dict, device)
@@ -336,10 +341,8 @@ def stages_table(args, device):
             optimizer = make_optimizer(model)
 
             def run(weights, select):
-                global SELECT_ROWS
-                SELECT_ROWS = select
                 return ours_step(model, forward, optimizer, batch, weights, precision,
-                                 args.compile_loss, not args.loss_outside_autocast)
+                                 args.compile_loss, not args.loss_outside_autocast, select)
             # stage 1 and stage 2, each with row selection (train.py's default: the last layer's
             # queries and MLP only where a weighted target is) and without (every position), in a
             # rotating order so that drifting load hits all four alike

@@ -199,6 +199,14 @@ class RowSelection(NamedTuple):
 
     @staticmethod
     def build(rows, segment_ids, B, T):
+        if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"rows: expected a 1-D integer tensor of flat positions b * T + t, got "
+                             f"shape {tuple(rows.shape)} {rows.dtype}")
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= B * T
+                             or bool((rows[1:] <= rows[:-1]).any())):
+            raise ValueError(f"rows: expected strictly ascending values in [0, {B * T}) for a "
+                             f"{B} x {T} batch, got {rows.tolist()[:8]}{' ...' if rows.numel() > 8 else ''}")
+        rows = rows.long()
         device = rows.device
         batch_row, t = rows // T, rows % T
         counts = torch.bincount(batch_row, minlength=B)

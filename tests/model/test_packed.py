@@ -30,21 +30,17 @@ def logits_plain_and_packed(model, autocast_dtype=None):
     return run(False), run(True)
 
 
-@pytest.mark.parametrize("case", ["llama_gqa_untied", "qwen2_qkv_bias_tied", "llama3_scaling_bias_head_dim"])
-def test_bf16_packed_is_bit_identical(hf_checkpoint, case):
-    _, path = hf_checkpoint(case)
-    model = load_pretrained(path, dtype=torch.bfloat16).eval()
-    plain, packed = logits_plain_and_packed(model)
-    for a, b in zip(plain, packed):
-        assert a.dtype == b.dtype == torch.bfloat16
-        assert torch.equal(a, b)
-
-
-def test_autocast_packed_is_bit_identical(hf_checkpoint):
+@pytest.mark.parametrize("case, weights, autocast", [
+    ("llama_gqa_untied", torch.bfloat16, None),
+    ("qwen2_qkv_bias_tied", torch.bfloat16, None),
+    ("llama3_scaling_bias_head_dim", torch.bfloat16, None),
     # fp32 weights under bf16 autocast: packed in bf16 once, as autocast casts them per call
-    _, path = hf_checkpoint("qwen2_qkv_bias_tied")
-    model = load_pretrained(path, dtype=torch.float32).eval()
-    plain, packed = logits_plain_and_packed(model, torch.bfloat16)
+    ("qwen2_qkv_bias_tied", torch.float32, torch.bfloat16),
+])
+def test_bf16_packed_is_bit_identical(hf_checkpoint, case, weights, autocast):
+    _, path = hf_checkpoint(case)
+    model = load_pretrained(path, dtype=weights).eval()
+    plain, packed = logits_plain_and_packed(model, autocast)
     for a, b in zip(plain, packed):
         assert a.dtype == b.dtype == torch.bfloat16
         assert torch.equal(a, b)

@@ -91,3 +91,11 @@ def test_rows_with_a_cache_is_an_error():
     cache = model.new_cache(1, 8)
     with pytest.raises(ValueError, match="rows"):
         model(IDS[:1, :4], cache=cache, rows=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("rows", [torch.tensor([3, 1]), torch.tensor([1, 1]), torch.tensor([-1]),
+                                  torch.tensor([B * T]), torch.tensor([[1]]), torch.tensor([1.0])])
+def test_bad_rows_are_an_error_naming_them(rows):
+    # unsorted or repeated rows would put two queries in one slot: refuse, never compute garbage
+    with pytest.raises(ValueError, match="rows: expected"):
+        _small_model()(IDS, rows=rows)
