@@ -78,7 +78,10 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.use_rope = layer_idx not in cfg.nope_layers
 
-    def forward(self, x, cos, sin, mask, cache):
+    def forward(self, x, cos, sin, mask, cache, rows=None):
+        """Attention output [B, T, hidden]; with rows (a RowSelection, and mask = rows.mask) the
+        output [n, hidden] at those positions: q, k, v for every position, the queries gathered to
+        the n rows after RoPE, attention and the output projection for those rows only."""
         B, T, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         qk, v = self.qkv(x).split([(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
@@ -88,57 +91,33 @@ class Attention(nn.Module):
             qk = torch.cat((self.q_norm(qk[:, :, :heads]), self.k_norm(qk[:, :, heads:])), dim=2)
         if self.use_rope:
             qk = apply_rope(qk, cos, sin)
-        q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
+        q, k = qk[:, :, :heads], qk[:, :, heads:]
+        if rows is not None:
+            q = rows.to_slots(q)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(B, T, kv_heads, head_dim).transpose(1, 2)
         if cache is not None:
             start, end = cache.length, cache.length + T
             cache.keys[self.layer_idx][:, :, start:end] = k
             cache.values[self.layer_idx][:, :, start:end] = v
             k, v = cache.keys[self.layer_idx][:, :, :end], cache.values[self.layer_idx][:, :, :end]
+        queries = q.shape[2]  # per batch row: T, or the width of the row selection's slots
         gqa = self.num_heads != self.num_kv_heads
-        if gqa and T == 1:
-            # decoding: the query heads of a kv group become query rows, so grouped heads need no
-            # k/v copies and SDPA keeps its fused kernel even with a mask
-            groups = heads // kv_heads
-            q = q.reshape(B, kv_heads, groups, head_dim)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            return self.o(y.reshape(B, 1, heads * head_dim))
-        if gqa and mask is not None:
-            # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
-            groups = self.num_heads // self.num_kv_heads
-            k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
-        # without a mask the keys are exactly this call's tokens (or T == 1), so causal is top-left aligned
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=gqa)
-        return self.o(y.transpose(1, 2).reshape(B, T, -1))
-
-    def forward_rows(self, h, cos, sin, select):
-        """Attention output [n, hidden] for the selected positions only: keys and values for every
-        position (the selected queries attend to them), queries, attention and the output
-        projection for the n selected ones (see RowSelection)."""
-        B, T, _ = h.shape
-        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
-        q_size = heads * head_dim
-        weight, bias = self.qkv.weight, self.qkv.bias  # rows q | k | v
-        kv = F.linear(h, weight[q_size:], None if bias is None else bias[q_size:])
-        q = F.linear(h.reshape(B * T, -1).index_select(0, select.rows), weight[:q_size],
-                     None if bias is None else bias[:q_size])
-        k, v = kv.split(kv_heads * head_dim, dim=-1)
-        q, k = q.view(-1, heads, head_dim), k.view(B, T, kv_heads, head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.use_rope:
-            k = apply_rope(k, cos, sin)
-            q = apply_rope(q, cos.flatten(0, 1).index_select(0, select.rows),
-                           sin.flatten(0, 1).index_select(0, select.rows))
-        # the selected queries of batch row b go to slots b * width ... (unused slots see key 0 only)
-        width = select.mask.shape[2]
-        q = q.new_zeros(B * width, heads, head_dim).index_copy(0, select.slots, q)
-        q = q.view(B, width, heads, head_dim).transpose(1, 2)
-        k, v = k.transpose(1, 2), v.view(B, T, kv_heads, head_dim).transpose(1, 2)
-        if heads != kv_heads:  # fused SDPA takes a mask or grouped heads, not both
-            k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=select.mask)
-        return self.o(y.transpose(1, 2).reshape(B * width, q_size).index_select(0, select.slots))
+        if gqa and queries == 1:
+            # one query per row (decoding): the query heads of a kv group become query rows, so
+            # grouped heads need no k/v copies and SDPA keeps its fused kernel even with a mask
+            q = q.reshape(B, kv_heads, heads // kv_heads, head_dim)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, heads, 1, head_dim)
+        else:
+            if gqa and mask is not None:
+                # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
+                groups = heads // kv_heads
+                k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
+            # without a mask the keys are this call's tokens (or there is one query): causal is top-left aligned
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and queries > 1,
+                                               enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, queries, heads * head_dim)
+        return self.o(y if rows is None else rows.from_slots(y))
 
 
 class MLP(nn.Module):
@@ -167,24 +146,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, recompute=False, select=None):
-        if select is not None:
-            return self._forward_rows(x, cos, sin, select, recompute)
+    def forward(self, x, cos, sin, mask, cache=None, recompute=False, rows=None):
+        """The block's output [B, T, hidden], or [n, hidden] at the selected positions when rows (a
+        RowSelection) is given: the first norm runs on every position (their keys and values),
+        everything after the attention on the n rows."""
         # recompute: the norms and the SwiGLU product keep only their inputs for backward (the
         # residual stream and the gate|up output, alive anyway) and run again there, instead of
         # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory
-        if recompute:
-            h = checkpoint(self.attn_norm, x, use_reentrant=False)
-            x = x + self.attn(h, cos, sin, mask, cache)
-            return x + self.mlp(checkpoint(self.mlp_norm, x, use_reentrant=False), recompute=True)
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.mlp_norm(x))
-
-    def _forward_rows(self, x, cos, sin, select, recompute):
-        """The block's output [n, hidden] at the selected positions (RowSelection): the norm runs on
-        every position (their keys and values), everything after the attention on n rows."""
         h = checkpoint(self.attn_norm, x, use_reentrant=False) if recompute else self.attn_norm(x)
-        x = x.flatten(0, 1).index_select(0, select.rows) + self.attn.forward_rows(h, cos, sin, select)
+        x = (x if rows is None else rows.gather(x)) + self.attn(h, cos, sin, mask, cache, rows)
         h = checkpoint(self.mlp_norm, x, use_reentrant=False) if recompute else self.mlp_norm(x)
         return x + self.mlp(h, recompute=recompute)
 
@@ -196,6 +166,21 @@ class RowSelection(NamedTuple):
     rows: torch.Tensor
     slots: torch.Tensor
     mask: torch.Tensor
+
+    def gather(self, x):
+        """[B, T, ...] -> [n, ...]: the selected positions."""
+        return x.flatten(0, 1).index_select(0, self.rows)
+
+    def to_slots(self, x):
+        """[B, T, ...] -> [B, width, ...]: the selected positions of row b in slots b * width ...;
+        unused slots are zeros (their queries see key 0 only, and their outputs are dropped)."""
+        B, width = self.mask.shape[0], self.mask.shape[2]
+        slots = x.new_zeros(B * width, *x.shape[2:]).index_copy(0, self.slots, self.gather(x))
+        return slots.view(B, width, *x.shape[2:])
+
+    def from_slots(self, y):
+        """[B, width, ...] -> [n, ...]: the inverse of to_slots."""
+        return y.flatten(0, 1).index_select(0, self.slots)
 
     @staticmethod
     def build(rows, segment_ids, B, T):
@@ -247,8 +232,9 @@ class Decoder(nn.Module):
         """Logits [B, T, V] (or the final hidden states [B, T, H] with return_hidden). rows: flat
         indices b * T + t (ascending) of the only positions whose output is needed, e.g. those whose
         next token carries loss: then the result is [n, V] / [n, H] for those rows, and the last
-        layer computes keys and values for every position but queries, attention, output
-        projection and MLP for the n rows only (training; not with a cache)."""
+        layer runs the same block with its queries gathered to the n rows (RowSelection): keys and
+        values for every position, attention, output projection and MLP for the n rows only
+        (training; not with a cache)."""
         B, T = input_ids.shape
         device = input_ids.device
         start = 0 if cache is None else cache.length
@@ -268,11 +254,13 @@ class Decoder(nn.Module):
         recompute = training and self.recompute_elementwise and not self.gradient_checkpointing
         select = None if rows is None else RowSelection.build(rows, segment_ids, B, T)
         for i, layer in enumerate(self.layers):
+            # rows: the last layer runs the same code with queries (and their mask) at the n rows only
             last = select if i == len(self.layers) - 1 else None
+            layer_mask = mask if last is None else last.mask
             if training and self.gradient_checkpointing:
-                x = checkpoint(layer, x, cos, sin, mask, None, False, last, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, layer_mask, None, False, last, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, recompute, last)
+                x = layer(x, cos, sin, layer_mask, cache, recompute, last)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
