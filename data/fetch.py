@@ -1,6 +1,6 @@
 """The paper's four data sets from the Hugging Face Hub -> JSONL records with fixed splits.
 
-    python -m data.fetch --out downloads/paper                      # all four (about 7 GB downloaded)
+    python -m data.fetch --out downloads/paper                      # all four (about 4.5 GB downloaded)
     python -m data.fetch --out downloads/paper --only gsm8k openbookqa
     HF_HUB_OFFLINE=1 python -m data.fetch --out downloads/paper     # from the hub cache only
 
@@ -10,7 +10,8 @@ the adapters of data/sources.py; OUT/manifest.json holds where every file came f
 commit, SHA-256 of each hub file), the split rule, row counts, SHA-256 of each output file, and the
 rows skipped with the first errors (file:row, field). The official splits are kept where the hub
 has them; a missing validation or test split is a seeded random draw of --held-out rows from the
-rest (the same files and seed give the same split). A bad row is skipped and counted (--strict:
+rest (the same files and seed give the same split). train.jsonl is in a seeded random order, so
+train.py's `limit_train = N` reads a random sample of N. A bad row is skipped and counted (--strict:
 stop at it with file:row, field). Downloads go through huggingface_hub (HF_HOME, HF_HUB_OFFLINE,
 HF_TOKEN as usual), data files only, never the repositories' loading scripts.
 
@@ -115,7 +116,8 @@ def convert_rows(name, snapshot, strict=False, limit=None):
 
 
 def assign_splits(kept, held_out, seed):
-    """{split: records}: the hub's own splits, and missing validation / test drawn from train."""
+    """{split: records}: the hub's own splits, and missing validation / test drawn from train; train
+    in the seeded random order, the held-out splits in the hub's order."""
     train = kept["train"]
     missing = [s for s in ("validation", "test") if s not in kept]
     if len(train) <= held_out * len(missing):
@@ -124,8 +126,7 @@ def assign_splits(kept, held_out, seed):
     drawn, out = {}, {}
     for k, split in enumerate(missing):
         drawn[split] = sorted(order[k * held_out:(k + 1) * held_out].tolist())
-    taken = set(i for rows in drawn.values() for i in rows)
-    out["train"] = [r for i, r in enumerate(train) if i not in taken]
+    out["train"] = [train[i] for i in order[len(missing) * held_out:]]  # shuffled: limit_train = N is a sample
     for split in ("validation", "test"):
         out[split] = kept[split] if split in kept else [train[i] for i in drawn[split]]
     return out

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pyarrow")
@@ -113,6 +114,9 @@ def test_splits_are_disjoint_and_fixed_by_the_seed(hub, tmp_path):
     assert len(set.union(*ids.values())) == 7 and sum(len(v) for v in ids.values()) == 7
     draws = {tuple(sorted(assign_splits({"train": list(range(7))}, 2, seed)["test"])) for seed in range(6)}
     assert len(draws) > 1  # the seed chooses the draw
+    order = np.random.default_rng(3).permutation(7).tolist()
+    split = assign_splits({"train": list(range(7)), "test": ["t"]}, 2, 3)
+    assert split == {"train": order[2:], "validation": sorted(order[:2]), "test": ["t"]}  # train shuffled
 
 
 def test_too_few_rows_to_hold_out(hub, tmp_path):
