@@ -25,9 +25,10 @@ Comparison (`is_correct(predicted, reference, kind=None, choices=None)`), by the
   number: both sides parse to exact rationals (`parse_number`): `$`, `\\$`, thousands commas,
      `{,}`, `,\\!` thin spaces (`11,\\! 111`), trailing zeros, `a/b`, `\\frac{a}{b}`, `\\frac12`,
      unicode minus, `$...$`, `\\boxed{}`, `\\text{}`, a leading "x =" and up to three trailing unit
-     words ("42 apples", "5 cm^2") are handled; "5 million" is scaled, not stripped; a trailing `%` is dropped, and when exactly one
-     side has `%` the value / 100 is accepted too (25% == 0.25). A prediction that does not parse is
-     retried without a leading answer phrase ("The answer is 42"). Equality is exact.
+     words ("42 apples", "5 cm^2") are handled; "5 million" is scaled, not stripped; a trailing `%`
+     is dropped, and when exactly one side has `%` the value / 100 is accepted too (25% == 0.25). A
+     prediction that does not parse is retried without a leading answer phrase ("The answer is
+     42"). Equality is exact.
   latex: math-verify's `verify(parse(gold), parse(pred))` when math_verify is installed; otherwise
      numeric equality if both sides parse, else equality of a normalised LaTeX string (no spaces,
      `\\left`/`\\right`/`\\dfrac`/`\\tfrac`/`\\text{}`/degree signs removed, `\\frac12` ->
