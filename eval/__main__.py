@@ -42,17 +42,18 @@ def main(argv=None):
         sys.exit(f"--limit must be >= 1, got {args.limit}")
 
     from data import load_records, load_tokenizer
-    from eval.evaluate import evaluate, resolve_dtype
+    from eval.evaluate import evaluate
+    from model.precision import dtype_from_name
     from model import load_pretrained
 
     tok = load_tokenizer(tokenizer_dir)
     records = load_records(args.data, format=args.format, limit=args.limit)
     if not records:
         sys.exit(f"--data {args.data}: no records read")
-    model = load_pretrained(args.model, dtype=resolve_dtype(args.dtype), device=args.device)
+    model = load_pretrained(args.model, dtype=dtype_from_name(args.dtype), device=args.device)
     metrics = evaluate(model, tok, records, style=args.style, template=args.template,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                       out_dir=args.out, autocast_dtype=resolve_dtype(args.autocast),
+                       out_dir=args.out, autocast_dtype=dtype_from_name(args.autocast),
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                        pack_weights=not args.no_pack)
     print(json.dumps(metrics, indent=1))
