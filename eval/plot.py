@@ -76,6 +76,7 @@ def plot(run_dirs, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -97,6 +98,8 @@ def plot(run_dirs, out):
         ax.grid(alpha=0.3)
         if names != ("lr",) and any(line.get_ydata().min() > 0 for line in ax.lines if len(line.get_ydata())):
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 2, 3, 4, not 2 x 10^0
+            ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()

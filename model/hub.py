@@ -26,13 +26,13 @@ def looks_like_repo_id(name):
 
 def snapshot(repo_id, allow_patterns, repo_type="model", revision=None):
     """Local folder of repo_id's files matching allow_patterns (downloaded unless cached)."""
+    kind = "dataset" if repo_type == "dataset" else "model"
     try:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise HubError(f"'{repo_id}' is not a local path and huggingface_hub is not installed: "
-                       "pip install huggingface_hub (or pass a local model directory)") from None
-    kind = "dataset" if repo_type == "dataset" else "model"
+        raise HubError(f"{kind} '{repo_id}' comes from the Hugging Face Hub, and huggingface_hub is not "
+                       "installed: pip install huggingface_hub") from None
     try:
         return snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns)
     except LocalEntryNotFoundError as e:
