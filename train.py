@@ -38,10 +38,12 @@ from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
 from loss import weighted_linear_cross_entropy
 from model import Decoder, ModelConfig, load_pretrained
+from model.hub import HubError, resolve_model_dir
 from model.precision import autocast_dtype
 from training import TrainError, checkpoint
 from training.config_io import resolve_config
 from training.distributed import Dist, grad_sync, gradient_norm, setup_distributed, wrap_model
+from training.loggers import LoggerError, ViewedLog, open_viewers
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -66,13 +68,13 @@ class Config:
     out: str = "runs/demo"
     seed: int = 1234
     stage: str = "both"             # 1 | 2 | both
-    init: str = ""                  # HF model dir to start from; empty: from scratch with [model]
+    init: str = ""                  # HF model dir or hub name (Qwen/Qwen2.5-1.5B); empty: from scratch with [model]
     resume: bool = False
     # data
     data_format: str = "synthetic"  # synthetic, or a data/ source format name (gsm8k, math, ...)
     train_data: str = ""
     eval_data: str = ""
-    tokenizer: str = ""             # default: the init model's dir (or the synthetic task's)
+    tokenizer: str = ""             # dir or hub name; default: the init model's (or the synthetic task's)
     synthetic: dict = field(default_factory=dict)  # data.synthetic.build_task parameters
     style: str = "tagged"           # tagged | plain (the SFT baseline's untagged response)
     template: str = "plain"         # plain | chat (the model's own chat template)
@@ -105,6 +107,7 @@ class Config:
     parallel: str = "none"
     cpu_offload: bool = False       # fsdp: parameter shards, gradients, optimizer state in CPU memory
     # logging, validation, checkpoints, evaluation
+    log: list = field(default_factory=list)  # curve viewers beside log.jsonl: tensorboard, wandb
     val_every: int = 50             # optimizer steps; 0: only at stage start and end
     ckpt_every: int = 0             # optimizer steps; 0: only at stage end
     keep_last: int = 2
@@ -143,7 +146,7 @@ def build_data(cfg):
         raise TrainError("config: train_data is empty (set it, or data_format = 'synthetic')")
     if not tok_dir:
         raise TrainError("config: no tokenizer (set tokenizer, or init to a model dir with one)")
-    tok = load_tokenizer(tok_dir)
+    tok = load_tokenizer(resolve_model_dir(tok_dir))  # a hub name is downloaded once (local rank 0 first)
     records = load_records(train_path, format=fmt, limit=cfg.limit_train or None)
     order = np.random.default_rng(0).permutation(len(records))  # the split ignores the run seed
     n_val = min(cfg.val_examples, len(records) // 10)
@@ -159,7 +162,7 @@ def build_data(cfg):
 
 def build_model(cfg, tok, device):
     if cfg.init:
-        model = load_pretrained(cfg.init, dtype=torch.float32, device=device)
+        model = load_pretrained(resolve_model_dir(cfg.init), dtype=torch.float32, device=device)
         if tok.file_vocab_size > model.config.vocab_size:
             raise TrainError(f"init {cfg.init}: the model has {model.config.vocab_size} embedding rows "
                              f"but the tokenizer at {tok.path} has {tok.file_vocab_size} tokens: "
@@ -409,6 +412,7 @@ def main(argv=None):
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         write_json(out / "config.json", dataclasses.asdict(cfg))
         checkpoint.remove_interrupted_writes(out)
+    viewers = open_viewers(cfg.log, str(out), dataclasses.asdict(cfg)) if dist.main else []  # before the data: fail fast
     if dist.local_rank != 0:
         dist.barrier()  # each node's first process writes the data caches, the others then read them
     tok, train, val, eval_records = build_data(cfg)
@@ -419,7 +423,7 @@ def main(argv=None):
     model = build_model(cfg, tok, device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
-    log = JsonlLog(out / "log.jsonl", enabled=dist.main)
+    log = ViewedLog(JsonlLog(out / "log.jsonl", enabled=dist.main), viewers)
     loss_fn = functools.partial(sftkey_loss, select_rows=cfg.select_rows, compile=cfg.compile_loss)
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
     results = json.loads((out / "results.json").read_text()) if cfg.resume and (out / "results.json").exists() else {}
@@ -443,6 +447,7 @@ def main(argv=None):
                 results[f"stage{n}"] = evaluate_stage(n, whole, tok, eval_records, cfg, device)
                 write_json(out / "results.json", results)
             dist.barrier()
+    log.close()
     print_summary(results, stages, out)
     return results
 
@@ -462,7 +467,7 @@ def print_summary(results, stages, out):
 if __name__ == "__main__":
     try:
         main()
-    except (TrainError, ValueError, FileNotFoundError) as e:
+    except (TrainError, ValueError, FileNotFoundError, HubError, LoggerError) as e:
         sys.exit(f"train.py: {e}")
     except KeyboardInterrupt:
         sys.exit("train.py: interrupted (resume with --resume)")

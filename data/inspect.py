@@ -1,6 +1,6 @@
 """Show one example with its token roles and the dataset's statistics.
 
-    python -m data.inspect --data FILE --format NAME --tokenizer DIR [--style tagged|plain]
+    python -m data.inspect --data FILE --format NAME --tokenizer DIR|HUB_NAME [--style tagged|plain]
 """
 import argparse
 import json
@@ -49,7 +49,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m data.inspect", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset file (.jsonl, .jsonl.gz, .json, .parquet)")
     p.add_argument("--format", default="auto", choices=["auto", *sorted(ADAPTERS)])
-    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
+    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json, or a hub model name")
     p.add_argument("--style", default="tagged", choices=["tagged", "plain"])
     p.add_argument("--template", default="plain", choices=["plain", "chat"])
     p.add_argument("--max-len", type=int, default=2048)
@@ -60,14 +60,15 @@ def main(argv=None):
     p.add_argument("--colour", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--json", action="store_true", help="print the stats as JSON instead")
     args = p.parse_args(argv)
+    from model.hub import HubError, resolve_model_dir
     try:
-        tok = load_tokenizer(args.tokenizer)
+        tok = load_tokenizer(resolve_model_dir(args.tokenizer))
         report = {}
         records = load_records(args.data, args.format, skip_bad=args.skip_bad, limit=args.limit,
                                report=report)
         ds = build_dataset(records, tok, style=args.style, template=args.template,
                            max_len=args.max_len, truncate_mode=args.truncate)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, HubError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -11,8 +11,11 @@ Acc still judges what the model wrote). No `<Answer>`: None. Tags are matched ex
 (case-sensitive), as trained; there is no fall-back to the plain rules.
 
 plain style, first rule that finds something wins:
-  1. "phrase": the last answer phrase ("The answer is", "The final answer is", "Answer:"), taking
+  1. "phrase": the last answer phrase ("The answer is", "The final answer is", "The correct answer
+     is", or "Answer:" / "Final answer:" starting a line; "our answer is correct" is none), taking
      the rest of its line up to the first sentence end (". "), e.g. "The answer is 42." -> "42";
+     when that text holds a `\\boxed{}`, its content ("The answer is $3! \\times 5! = \\boxed{720}$"
+     -> "720"); a phrase whose line ends in display math (`\\[` or `$$`) reads the display block;
   2. "hashes": the rest of the line after the last `####` (GSM8K style);
   3. "boxed": the content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces balanced);
   4. "last_number": the last number in the text (thousands commas, decimals, a/b fractions).
@@ -20,19 +23,21 @@ plain style, first rule that finds something wins:
 Comparison (`is_correct(predicted, reference, kind=None, choices=None)`), by the reference kind
 ("number" | "latex" | "choice" | "text"; `detect_kind` guesses when it is None):
   number: both sides parse to exact rationals (`parse_number`): `$`, `\\$`, thousands commas,
-     `{,}`, trailing zeros, `a/b`, `\\frac{a}{b}`, `\\frac12`, unicode minus, `$...$`, `\\boxed{}`,
-     `\\text{}`, a leading "x =" and up to three trailing unit words ("42 apples", "5 cm^2") are
-     handled; "5 million" is scaled, not stripped; a trailing `%` is dropped, and when exactly one
-     side has `%` the value / 100 is accepted too (25% == 0.25). A prediction that does not parse is
-     retried without a leading answer phrase ("The answer is 42"). Equality is exact.
+     `{,}`, `,\\!` thin spaces (`11,\\! 111`), trailing zeros, `a/b`, `\\frac{a}{b}`, `\\frac12`,
+     unicode minus, `$...$`, `\\boxed{}`, `\\text{}`, a leading "x =" and up to three trailing unit
+     words ("42 apples", "5 cm^2") are handled; "5 million" is scaled, not stripped; a trailing `%`
+     is dropped, and when exactly one side has `%` the value / 100 is accepted too (25% == 0.25). A
+     prediction that does not parse is retried without a leading answer phrase ("The answer is
+     42"). Equality is exact.
   latex: math-verify's `verify(parse(gold), parse(pred))` when math_verify is installed; otherwise
      numeric equality if both sides parse, else equality of a normalised LaTeX string (no spaces,
      `\\left`/`\\right`/`\\dfrac`/`\\tfrac`/`\\text{}`/degree signs removed, `\\frac12` ->
      `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`).
   choice: both sides map to a letter: `B`, `(B)`, `B.`, `B)`, `Answer: B`, `The answer is (B)`,
      `B. <text>`, or (with choices) the text of a choice, case- and punctuation-insensitively.
-  text: case-insensitive equality after collapsing spaces and stripping outer punctuation, quotes
-     and `$`; numeric equality when both sides parse as numbers.
+  text: case-insensitive equality after collapsing spaces, dropping spaces around operators and
+     brackets (`p - q` == `p-q`, `-2 + 7i` == `-2+7i`) and stripping outer punctuation, quotes and
+     `$`; numeric equality when both sides parse as numbers.
 """
 import re
 from fractions import Fraction
@@ -43,7 +48,10 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER_IN_TEXT = re.compile(rf"(?<![\w.,])-?(?:{_NUM})(?:/(?:{_NUM}))?(?!\d)")
-_PHRASE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)", re.IGNORECASE)
+_PHRASE = re.compile(r"(?:\bthe\s+(?:final\s+|correct\s+)?answer\s+is\b\s*:?"
+                     r"|(?:^[ \t*#]*|\bfinal\s+)answer\s*:)\**", re.IGNORECASE | re.MULTILINE)
+_DISPLAY_CLOSE = {"\\[": "\\]", "$$": "$$"}
+_OPERATOR_SPACES = re.compile(r"\s*([-+*/=^<>()\[\],])\s*")
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9,
            "trillion": 10**12, "dozen": 12}
 _SIMPLE_NUMBER = re.compile(rf"^([-+]?)\s*({_NUM})$")
@@ -83,7 +91,7 @@ def _extract_tagged(text):
 def _extract_plain(text):
     phrases = list(_PHRASE.finditer(text))
     if phrases:
-        candidate = _first_sentence(text[phrases[-1].end():])
+        candidate = _phrase_answer(text[phrases[-1].end():])
         if candidate:
             return candidate, "phrase"
     hashes = text.rfind("####")
@@ -98,6 +106,22 @@ def _extract_plain(text):
     if numbers:
         return numbers[-1], "last_number"
     return None, "none"
+
+
+def _phrase_answer(rest):
+    """What an answer phrase introduces: its line (or display block), or the \\boxed{} inside."""
+    lines = rest.lstrip().split("\n", 1)
+    line = lines[0].strip()
+    for opener, closer in _DISPLAY_CLOSE.items():
+        before = line[:-len(opener)]
+        balanced = before.count(opener) % 2 == 0 if opener == closer else before.count(opener) == before.count(closer)
+        if line.endswith(opener) and balanced:  # an opened display block: read up to its closer
+            block = lines[1] if len(lines) > 1 else ""
+            line = before + block.split(closer, 1)[0]
+    boxed = last_boxed(line)
+    if boxed is not None:
+        return boxed.strip()
+    return _first_sentence(line)
 
 
 def _first_sentence(rest):
@@ -160,7 +184,7 @@ def _parse_number_and_percent(text):
         return None, False
     s = _unwrap(str(text))
     s = s.replace("−", "-").replace("–", "-").replace("{,}", ",").replace("\\$", "$")
-    s = s.replace("\\%", "%").replace("\\!", "").replace("\\,", "").replace("\\ ", " ")
+    s = re.sub(r"\\!\s*", "", s.replace("\\%", "%")).replace("\\,", "").replace("\\ ", " ")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = re.sub(r"\^\s*\{?\\circ\}?|°", "", s)
     s = s.strip().rstrip(".").strip()
@@ -271,7 +295,7 @@ def choice_letter(text, choices=None):
 
 def _normalise_text(text):
     s = _unwrap(str(text)).lower()
-    s = re.sub(r"\s+", " ", s).strip()
+    s = _OPERATOR_SPACES.sub(r"\1", re.sub(r"\s+", " ", s)).strip()
     return s.strip(" .,;:!?\"'`").strip()
 
 

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from eval.answers import (choice_letter, detect_kind, extract, extract_answer, is_correct,
@@ -29,6 +31,18 @@ PLAIN = [
     ("First the answer is 3, wait.\nThe final answer is $\\frac{1}{2}$.", "$\\frac{1}{2}$", "phrase"),
     ("Final Answer: The final answer is $5$. I hope it is correct.", "$5$", "phrase"),
     ("Answer: B", "B", "phrase"),
+    # a \boxed{} inside the phrase's sentence holds the answer
+    ("So the answer is $3! \\times 5! = \\boxed{720}$.", "720", "phrase"),
+    ("The answer is $\\boxed{\\text{(C)}}.$", "\\text{(C)}", "phrase"),
+    ("The final answer is \\boxed{\\frac{1}{2}}. I hope it is correct.", "\\frac{1}{2}", "phrase"),
+    # a phrase that opens display math reads the display block
+    ("Hence the answer is \\[\n 2^{10} = \\boxed{1024}.\\]", "1024", "phrase"),
+    ("The answer is $$\nx = 3\n$$", "x = 3", "phrase"),
+    # "answer is" with no "the", or "answer:" inside a sentence, is no answer phrase
+    ("Thus \\boxed{44}. We may check: 17 * 44 = 748, so our answer is correct.", "44", "boxed"),
+    ("Using this we get our answer: \\[ 1^{55} = \\boxed{1}.\\]", "1", "boxed"),
+    ("**Final Answer:** 12", "12", "phrase"),
+    ("The correct answer is (B)", "(B)", "phrase"),
     ("He pays 2 * 5 = <<2*5=10>>10 dollars.\n#### 10", "10", "hashes"),
     ("#### 1,000\nsome trailing text 3", "1,000", "hashes"),
     ("So $x = \\boxed{\\frac{1}{2}}$ and then \\boxed{\\frac{3}{\\sqrt{4}}}", "\\frac{3}{\\sqrt{4}}",
@@ -96,6 +110,9 @@ NUMBERS = [
     ("5 million", "5000000", True),
     ("5 million", "5", False),
     ("x = 5", "5", True),
+    ("11,\\! 111,\\! 111,\\! 100", "11111111100", True),
+    ("11,\\!111", "11111", True),
+    ("11\\,111", "11111", True),
     ("\\boxed{7}", "7", True),
     ("The answer is 42", "42", True),
     ("between 3 and 5", "5", False),
@@ -156,7 +173,8 @@ def test_choice_letter_without_choices():
     assert choice_letter("the cat") is None
 
 
-def test_latex_without_math_verify_uses_normalised_strings():
+def test_latex_without_math_verify_uses_normalised_strings(monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # import fails as if not installed
     assert is_correct("\\frac12", "\\frac{1}{2}", kind="latex")
     assert is_correct("0.5", "\\frac{1}{2}", kind="latex")
     assert is_correct("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", kind="latex")
@@ -166,10 +184,22 @@ def test_latex_without_math_verify_uses_normalised_strings():
     assert not is_correct("\\frac{\\pi}{3}", "\\frac{\\pi}{4}", kind="latex")
 
 
+def test_latex_with_math_verify_decides():
+    pytest.importorskip("math_verify")
+    assert is_correct("\\frac{2}{4}", "\\frac{1}{2}", kind="latex")  # equal values, different strings
+    assert is_correct("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)", kind="latex")
+    assert not is_correct("(2,\\infty)", "(2,\\iny)", kind="latex")  # a mangled reference stays wrong
+
+
 def test_text_comparison():
     assert is_correct("Yes.", "yes", kind="text")
     assert is_correct("  New   York ", "new york", kind="text")
     assert not is_correct("no", "yes", kind="text")
+    assert is_correct("p - q", "p-q", kind="text")  # spaces around operators carry nothing
+    assert is_correct("-2 + 7i", "-2+7i", kind="text")
+    assert is_correct("f(x) = x + 1", "f(x)=x+1", kind="text")
+    assert not is_correct("p - q", "q-p", kind="text")
+    assert not is_correct("new york", "newyork", kind="text")  # spaces between words still count
     assert is_correct("The answer is yes", "Yes", kind="text")
 
 
