@@ -42,6 +42,7 @@ from tqdm import tqdm
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
 from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
+from eval.convergence import report as convergence_report
 from loss import weighted_linear_cross_entropy
 from model import Decoder, ModelConfig, load_pretrained, save_pretrained
 from model.hf_io import fsync_dir
@@ -676,6 +677,7 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
             for old in step_checkpoints(stage_dir)[:-cfg.keep_last] if dist.main and step < total else []:
                 shutil.rmtree(old)
     bar.close()
+    print(convergence_report(log.records() if log.enabled else [], n))
     for old in step_checkpoints(stage_dir) if dist.main else []:
         shutil.rmtree(old)
     dist.barrier()
