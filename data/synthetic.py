@@ -162,7 +162,7 @@ def write_tokenizer(out_dir):
 
 
 def _write_jsonl(path, records):
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # processes building the same task never share a temporary file
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")

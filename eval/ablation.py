@@ -34,6 +34,9 @@ The grid, every value's validation scores and the choices go to <out>/tuning.jso
 arm trains with --seeds fresh seeds at the chosen values and is evaluated on the test split.
 Without --tune every arm uses the config's values (and --key-weight).
 
+--jobs N trains up to N runs at a time as train.py subprocesses (each as soon as the runs it
+starts from have finished); the default, 1, trains them one after another in this process.
+
 Outputs in --out: table.md (per arm, per pair with sftkey_tag), summary.json (per arm and seed
 the hyper-parameters, Acc, Fmt, Score and per-kind Acc; the intervals and tests; the tuning),
 runs.json, tuning.json, ablation.png (with matplotlib). Finished runs are found in --out and not
@@ -42,7 +45,6 @@ equals the one this command gives the run; a run directory of any other config s
 ablation with the differing fields named, rather than mixing old results into the table.
 """
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -50,41 +52,13 @@ from pathlib import Path
 
 from eval.convergence import tail_improvement
 from eval.metrics import ACC_WEIGHT, FMT_WEIGHT, mcnemar, paired_interval, proportion_interval
+from eval.run_queue import AblationError, Job, Run, check_same_config, execute  # noqa: F401 (re-exported)
 
 ARMS = ("sft", "sft_tag", "key_tag", "sftkey_tag", "sft_tag_continue", "sft_tag_equal", "weighted", "dft")
 METRICS = ("acc", "fmt", "score")
 STAGE2_ARMS = {"sftkey_tag": "[0,0,1]", "sft_tag_continue": "[0,1,1]"}
 MIN_VAL_PROBLEMS = 200
 TUNE_SEED = 1000
-
-
-class AblationError(Exception):
-    pass
-
-
-# settings that may differ between a saved run and this command without changing its results
-RUN_ONLY_FIELDS = ("out", "resume", "parallel")
-
-
-def check_same_config(out, argv):
-    """Raises AblationError when the run in `out` was started with another config than `argv` gives."""
-    import train
-    saved = json.loads((out / "config.json").read_text())
-    wanted = json.loads(json.dumps(dataclasses.asdict(train.parse_args(argv))))
-
-    def differences(a, b, prefix=""):
-        for key in sorted(set(a) | set(b)):
-            if not prefix and key in RUN_ONLY_FIELDS:
-                continue
-            x, y = a.get(key, "<missing>"), b.get(key, "<missing>")
-            if isinstance(x, dict) and isinstance(y, dict):
-                yield from differences(x, y, f"{prefix}{key}.")
-            elif x != y:
-                yield f"{prefix}{key}: {x!r} there, {y!r} now"
-    diff = list(differences(saved, wanted))
-    if diff:
-        raise AblationError(f"{out} holds a run of another config ({'; '.join(diff[:6])}"
-                            f"{'; ...' if len(diff) > 6 else ''}): move it away or choose another --out")
 
 
 def steps_per_stage(run_dir):
@@ -94,21 +68,6 @@ def steps_per_stage(run_dir):
         if r["type"] == "train":
             steps[r["stage"]] = max(steps.get(r["stage"], 0), r["step"])
     return steps
-
-
-def train_run(out, argv, stage, label):
-    """Trains one run unless its results exist; returns its directory. stage: the one evaluated."""
-    import train
-    out = Path(out)
-    argv = ["--out", str(out)] + argv
-    resume = out.joinpath("config.json").exists()
-    if resume:
-        check_same_config(out, argv)
-    results_path = out / "results.json"
-    if not (results_path.exists() and f"stage{stage}" in json.loads(results_path.read_text())):
-        print(f"== {label}" + (" (resuming)" if resume else ""), flush=True)
-        train.main(argv + (["--resume"] if resume else []))
-    return out
 
 
 def arm_argv(arm, hp, init=None, stage1_steps=None):
@@ -146,29 +105,23 @@ def read_run(run_dir, stage):
 
 
 class Protocol:
-    """Trains the runs of one ablation under one --out, each at most once."""
+    """Builds the runs of one ablation under one --out."""
 
     def __init__(self, args, extra):
         self.args, self.extra, self.out = args, extra, Path(args.out)
 
-    def base(self, seed, eval_data=None):
-        argv = ["--config", self.args.config, "--seed", str(seed)] + self.extra
-        return argv + (["--set", f"eval_data={eval_data}"] if eval_data else [])
-
-    def stage1_tagged(self, directory, seed, hp, eval_data=None):
-        return train_run(directory, self.base(seed, eval_data) + arm_argv("sft_tag", hp), 1,
-                         f"sft_tag seed {seed} {fmt_hparams(hp)}")
-
-    def arm(self, arm, directory, seed, hp, eval_data=None, stage1_dir=None, stage2_dir=None):
-        """One run of an arm. stage1_dir: the sft_tag run that the stage-2 arms start from and whose
-        steps sft_tag_equal adds to those of stage2_dir, a finished sftkey_tag run."""
-        if arm == "sft_tag":
-            return self.stage1_tagged(directory, seed, hp, eval_data)
+    def run(self, arm, directory, seed, hp, eval_data=None, stage1_dir=None, stage2_dir=None):
+        """One run of an arm. stage1_dir: the finished sft_tag run that the stage-2 arms start from
+        and whose steps sft_tag_equal adds to those of stage2_dir, a finished sftkey_tag run."""
         init = Path(stage1_dir) / "stage1" / "final" if arm in STAGE2_ARMS else None
         steps = (steps_per_stage(stage1_dir)[1] + steps_per_stage(stage2_dir)[2]
                  if arm == "sft_tag_equal" else None)
-        return train_run(directory, self.base(seed, eval_data) + arm_argv(arm, hp, init, steps),
-                         final_stage(arm), f"{arm} seed {seed} {fmt_hparams(hp)}")
+        argv = ["--config", self.args.config, "--seed", str(seed)] + self.extra
+        argv += (["--set", f"eval_data={eval_data}"] if eval_data else []) + arm_argv(arm, hp, init, steps)
+        return Run(Path(directory), argv, final_stage(arm), f"{arm} seed {seed} {fmt_hparams(hp)}")
+
+    def execute(self, jobs):
+        return execute(jobs, self.args.jobs)
 
 
 def grid(center, factors):
@@ -212,34 +165,53 @@ def tune(protocol, cfg):
     val_path, n_val = validation_file(args, cfg)
     seed, factors = args.tune_seed, args.grid_factors
     center = {"stage1.lr": cfg.stage1.lr, "stage2.lr": cfg.stage2.lr, "key_weight": args.key_weight}
+    sweeps = {"sft_tag": ("stage1.lr", grid(cfg.stage1.lr, factors)),
+              "sftkey_tag": ("stage2.lr", grid(cfg.stage2.lr, factors)),
+              "sft_tag_continue": ("stage2.lr", grid(cfg.stage2.lr, factors)),
+              "weighted": ("key_weight", grid(args.key_weight, factors)),
+              **{arm: ("lr", grid(cfg.stage1.lr, factors)) for arm in ("sft", "key_tag", "dft")}}
+
+    def directory(arm, value):
+        return out / arm / f"{sweeps[arm][0]}={value:g}"
+
+    def scores(arm, done):
+        return [{"value": v, **{m: read_run(done[(arm, v)], final_stage(arm))[0][m] for m in METRICS},
+                 "run": str(done[(arm, v)])} for v in sweeps[arm][1]]
+
+    def pick(arm, done):
+        param, values = sweeps[arm]
+        return choose(values, scores(arm, done), center.get(param, center["stage1.lr"]))
+
+    def job(arm, value):
+        stage1_keys = tuple(("sft_tag", v) for v in sweeps["sft_tag"][1])
+
+        def make(done):
+            if arm in ("sft_tag", "sft", "key_tag", "dft"):
+                return protocol.run(arm, directory(arm, value), seed, {"stage1.lr": value}, val_path)
+            lr1 = pick("sft_tag", done)
+            if arm == "weighted":
+                return protocol.run(arm, directory(arm, value), seed, {"stage1.lr": lr1, "key_weight": value},
+                                    val_path)
+            return protocol.run(arm, directory(arm, value), seed, {"stage1.lr": lr1, "stage2.lr": value},
+                                val_path, stage1_dir=directory("sft_tag", lr1))
+        return Job(make, () if arm in ("sft_tag", "sft", "key_tag", "dft") else stage1_keys)
+
+    order = ("sft_tag", "sftkey_tag", "sft_tag_continue", "weighted", "sft", "key_tag", "dft")
+    done = protocol.execute({(arm, v): job(arm, v) for arm in order for v in sweeps[arm][1]})
     entries, chosen = [], {}
-
-    def sweep(arm, param, values, hp_of, stage1_dir=None):
-        scores = []
-        for value in values:
-            hp = hp_of(value)
-            run_dir = protocol.arm(arm, out / arm / f"{param}={value:g}", seed, hp, val_path, stage1_dir)
-            metrics, _ = read_run(run_dir, final_stage(arm))
-            scores.append({"value": value, "acc": metrics["acc"], "fmt": metrics["fmt"],
-                           "score": metrics["score"], "run": str(run_dir)})
-        pick = choose(values, scores, center[param] if param in center else center["stage1.lr"])
-        entries.append({"arm": arm, "param": param, "grid": values, "scores": scores, "chosen": pick})
-        print(f"tune {arm}: {param} = {pick:g} (validation Acc "
-              + ", ".join(f"{s['value']:g}: {s['acc']:.3f}" for s in scores) + ")", flush=True)
-        return pick
-
-    lr1_grid = grid(cfg.stage1.lr, factors)
-    lr1 = sweep("sft_tag", "stage1.lr", lr1_grid, lambda v: {"stage1.lr": v})
-    stage1_dir = out / "sft_tag" / f"stage1.lr={lr1:g}"
-    for arm in ("sftkey_tag", "sft_tag_continue"):
-        lr2 = sweep(arm, "stage2.lr", grid(cfg.stage2.lr, factors),
-                    lambda v: {"stage1.lr": lr1, "stage2.lr": v}, stage1_dir)
-        chosen[arm] = {"stage1.lr": lr1, "stage2.lr": lr2}
-    weight = sweep("weighted", "key_weight", grid(args.key_weight, factors),
-                   lambda v: {"stage1.lr": lr1, "key_weight": v})
-    chosen["weighted"] = {"stage1.lr": lr1, "key_weight": weight}
+    for arm in order:
+        param, values = sweeps[arm]
+        entries.append({"arm": arm, "param": param, "grid": values, "scores": scores(arm, done),
+                        "chosen": pick(arm, done)})
+        print(f"tune {arm}: {param} = {entries[-1]['chosen']:g} (validation Acc "
+              + ", ".join(f"{s['value']:g}: {s['acc']:.3f}" for s in entries[-1]["scores"]) + ")", flush=True)
+    lr1 = entries[0]["chosen"]
+    pick_of = {e["arm"]: e["chosen"] for e in entries}
+    for arm in STAGE2_ARMS:
+        chosen[arm] = {"stage1.lr": lr1, "stage2.lr": pick_of[arm]}
+    chosen["weighted"] = {"stage1.lr": lr1, "key_weight": pick_of["weighted"]}
     for arm in ("sft", "key_tag", "dft"):
-        chosen[arm] = {"stage1.lr": sweep(arm, "lr", lr1_grid, lambda v: {"stage1.lr": v})}
+        chosen[arm] = {"stage1.lr": pick_of[arm]}
     chosen["sft_tag"] = chosen["sft_tag_equal"] = {"stage1.lr": lr1}
     return {"validation": {"path": str(val_path), "problems": n_val}, "seed": seed,
             "grid_factors": factors, "centers": center, "entries": entries,
@@ -257,27 +229,32 @@ def untuned(cfg, args):
 
 def collect(protocol, chosen, seeds, arms):
     """Trains every arm for every seed at its chosen values; returns (runs, per-question outcomes).
-    Per seed sft_tag runs first, then sftkey_tag (sft_tag_equal needs its step counts), then the rest."""
-    runs, outcomes = [], {}
-    needs = set(arms)
-    if "sft_tag_equal" in needs:
-        needs.add("sftkey_tag")
-    if needs & {"sftkey_tag", "sft_tag_continue"}:
+    sftkey_tag and sft_tag_continue start from that seed's sft_tag run; sft_tag_equal trains after
+    sftkey_tag, whose step count it needs."""
+    needs = set(arms) | ({"sftkey_tag"} if "sft_tag_equal" in arms else set())
+    if needs & set(STAGE2_ARMS):
         needs.add("sft_tag")
-    order = [arm for arm in ("sft_tag", "sftkey_tag") if arm in needs] + [
-        arm for arm in ARMS if arm in needs and arm not in ("sft_tag", "sftkey_tag")]
+
+    def job(arm, seed):
+        deps = {"sftkey_tag": ("sft_tag",), "sft_tag_continue": ("sft_tag",),
+                "sft_tag_equal": ("sft_tag", "sftkey_tag")}.get(arm, ())
+        return Job(lambda done: protocol.run(arm, protocol.out / arm / f"seed{seed}", seed, chosen[arm],
+                                             stage1_dir=done.get(("sft_tag", seed)),
+                                             stage2_dir=done.get(("sftkey_tag", seed))),
+                   tuple((d, seed) for d in deps))
+
+    order = [a for a in ("sft_tag", "sftkey_tag", "sft_tag_continue", "sft_tag_equal") if a in needs]
+    order += [a for a in ARMS if a in needs and a not in order]
+    done = protocol.execute({(arm, seed): job(arm, seed) for arm in order for seed in seeds})
+    runs, outcomes = [], {}
     for seed in seeds:
-        dirs = {}
-        for arm in order:
-            dirs[arm] = protocol.arm(arm, protocol.out / arm / f"seed{seed}", seed, chosen[arm],
-                                     stage1_dir=dirs.get("sft_tag"), stage2_dir=dirs.get("sftkey_tag"))
         for arm in arms:
-            metrics, per_question = read_run(dirs[arm], final_stage(arm))
+            metrics, per_question = read_run(done[(arm, seed)], final_stage(arm))
             outcomes[(arm, seed)] = per_question
             runs.append({"arm": arm, "seed": seed, "hparams": chosen[arm],
                          **{k: metrics[k] for k in METRICS}, "n": metrics["n"],
                          "acc_by_kind": {k: v["acc"] for k, v in metrics.get("by_kind", {}).items()},
-                         "run": str(dirs[arm])})
+                         "run": str(done[(arm, seed)])})
     return runs, outcomes
 
 
@@ -410,6 +387,13 @@ def plot(stats, runs, curves, path):
     plt.close(fig)
 
 
+def prepare_data(args, extra):
+    """Builds the task files and token caches once, before parallel runs would race to write them."""
+    import train
+    for style in ("tagged", "plain") if "sft" in args.arms else ("tagged",):
+        train.build_data(train.parse_args(["--config", args.config] + extra + ["--set", f"style={style}"]))
+
+
 def parse_factors(text):
     values = [float(x) for x in text.split(",") if x.strip()]
     if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
@@ -443,6 +427,8 @@ def main(argv=None):
                    help="tuning grid: the config's value times each factor (default 0.25,1,4)")
     p.add_argument("--tune-seed", type=int, default=TUNE_SEED, help="seed of the tuning runs")
     p.add_argument("--val-data", help="validation file for --tune when the data is not synthetic")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time: 1 in this process (default), more as "
+                   "train.py subprocesses (a GPU that one small run leaves idle)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to every run")
     args = p.parse_args(argv)
@@ -464,6 +450,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     print("ablation plan: " + ", ".join(f"{v} {k}" for k, v in
                                         plan(seeds, len(args.grid_factors), args.tune, args.arms).items()), flush=True)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    if args.jobs > 1:
+        prepare_data(args, extra)
     protocol = Protocol(args, extra)
     tuning = tune(protocol, cfg) if args.tune else None
     if tuning:

@@ -130,8 +130,8 @@ def test_tuned_protocol_end_to_end(tmp_path, monkeypatch):
         ablation.main(argv + ["--set", "weight_decay=0.05"])
 
 
-def test_untuned_continuation_uses_sftkey_tag_schedule(tmp_path):
-    argv = ["--config", "configs/demo.toml", "--seeds", "2", "--out", str(tmp_path),
+def test_untuned_continuation_uses_sftkey_tag_schedule_in_parallel_runs(tmp_path):
+    argv = ["--config", "configs/demo.toml", "--seeds", "2", "--out", str(tmp_path), "--jobs", "2",
             "--arms", "sftkey_tag,sft_tag_continue,sft_tag_equal"] + overrides({**TINY, "stage1.max_steps": 2})
     summary = ablation.main(argv)
     for seed in (0, 1):
@@ -140,6 +140,7 @@ def test_untuned_continuation_uses_sftkey_tag_schedule(tmp_path):
         assert {k: v for k, v in config(key)["stage2"].items() if k != "weights"} == \
             {k: v for k, v in config(cont)["stage2"].items() if k != "weights"}
         assert ablation.steps_per_stage(tmp_path / "sft_tag_equal" / f"seed{seed}") == {1: 4}
+        assert "stage 1 checkpoint" in (tmp_path / "sft_tag_equal" / f"seed{seed}" / "train.out").read_text()
     assert [r["arm"] for r in summary["runs"]] == ["sftkey_tag", "sft_tag_continue", "sft_tag_equal"] * 2
     assert summary["tuning"] is None and summary["chosen"]["sftkey_tag"] == {"stage1.lr": 5e-4, "stage2.lr": 1e-4}
 
@@ -157,3 +158,21 @@ def test_bad_arguments_are_named(tmp_path):
         ablation.main(["--tune", "--grid-factors", "1,1", "--out", str(tmp_path)])
     with pytest.raises(ablation.AblationError, match="synthetic.n_val = 0"):
         ablation.main(["--tune", "--out", str(tmp_path)] + overrides({**TINY, "synthetic.n_val": 0}))
+
+
+def test_run_queue_orders_by_dependency_and_names_a_failed_run(tmp_path):
+    from eval.run_queue import Job, Run, execute
+    order = []
+
+    def make(key):
+        def run(done):
+            order.append((key, sorted(done)))
+            (tmp_path / key).mkdir()
+            (tmp_path / key / "results.json").write_text('{"stage1": {}}')  # finished: nothing to train
+            return Run(tmp_path / key, ["--config", "configs/demo.toml"], 1, key)
+        return run
+    done = execute({"c": Job(make("c"), ("a", "b")), "a": Job(make("a")), "b": Job(make("b"), ("a",))})
+    assert order == [("a", []), ("b", ["a"]), ("c", ["a", "b"])] and done["c"] == tmp_path / "c"
+    bad = Run(tmp_path / "bad", ["--config", "configs/demo.toml", "--set", "stage1.nope=1"], 1, "bad run")
+    with pytest.raises(ablation.AblationError, match=r"(?s)bad run: train.py exited with 1.*unknown field 'nope'"):
+        execute({"x": Job(lambda done: bad)}, parallel=2)
