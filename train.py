@@ -36,6 +36,7 @@ from atomic_io import write_json
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
 from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
+from eval.convergence import report as convergence_report
 from loss import weighted_linear_cross_entropy
 from model import Decoder, ModelConfig, load_pretrained
 from model.hub import HubError, resolve_model_dir
@@ -378,6 +379,7 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
             if dist.main and step < total and cfg.keep_last:
                 checkpoint.remove_step_checkpoints(stage_dir, keep_last=cfg.keep_last)
     bar.close()
+    print(convergence_report(log.records(), n))
     if dist.main:
         checkpoint.remove_step_checkpoints(stage_dir)
     dist.barrier()

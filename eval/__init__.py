@@ -1,4 +1,4 @@
-"""eval/: generation with a KV cache, answer checking, metrics (Acc, Fmt, Score, t intervals)."""
+"""eval/: generation with a KV cache, answer checking, metrics (Acc, Fmt, Score, intervals, paired tests)."""
 from eval.answers import detect_kind, extract, extract_answer, is_correct
 from eval.evaluate import evaluate
 from eval.generate import generate

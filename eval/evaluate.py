@@ -6,6 +6,8 @@ tagged style (generation stops there; a stop token may carry text past it). Fmt 
 both styles by the same rule (a plain-arm output has no tags, so its Fmt is 0 by definition).
 A record's kind guides comparison when it is number, latex or choice; "text" (the Record default)
 is auto-detected, which still compares as text when the reference is not a number/letter/LaTeX.
+metrics.json holds Acc, Fmt and Score with their Wilson intervals over the questions
+(eval.metrics.proportion_interval with one seed), and the same per record kind under `by_kind`.
 """
 import json
 import os
@@ -14,7 +16,7 @@ import time
 from atomic_io import atomic_write
 from eval.answers import ANSWER_CLOSE, extract, is_correct
 from eval.generate import generate
-from eval.metrics import format_ok, mean_ci, summarise
+from eval.metrics import format_ok, proportion_interval, summarise, summarise_by_kind
 
 TAG_STRINGS = ("<Thinking>", "</Thinking>", "<Answer>", "</Answer>")
 STYLES = ("tagged", "plain")
@@ -103,8 +105,11 @@ def _metrics(predictions, style, template, max_new_tokens, seconds):
     metrics = summarise([p["correct"] for p in predictions], [p["format_ok"] for p in predictions])
     new_tokens = sum(p["new_tokens"] for p in predictions)
     if n:
-        metrics["acc_ci95"] = _interval(mean_ci([float(p["correct"]) for p in predictions]))
-        metrics["fmt_ci95"] = _interval(mean_ci([float(p["format_ok"]) for p in predictions]))
+        metrics["acc_ci95"] = _interval(proportion_interval([[float(p["correct"]) for p in predictions]]))
+        metrics["fmt_ci95"] = _interval(proportion_interval([[float(p["format_ok"]) for p in predictions]]))
+        metrics["by_kind"] = summarise_by_kind([p["kind"] for p in predictions],
+                                               [p["correct"] for p in predictions],
+                                               [p["format_ok"] for p in predictions])
         metrics["no_answer"] = sum(p["extracted"] is None for p in predictions) / n
         metrics["hit_max_new_tokens"] = sum(p["stopped"] == "length" for p in predictions) / n
         metrics["mean_new_tokens"] = new_tokens / n
@@ -115,7 +120,7 @@ def _metrics(predictions, style, template, max_new_tokens, seconds):
 
 
 def _interval(ci):
-    return None if ci["n"] < 2 else [ci["lo"], ci["hi"]]
+    return None if ci["questions"] < 2 else [ci["lo"], ci["hi"]]
 
 
 def write_results(out_dir, metrics, predictions):

@@ -1,4 +1,4 @@
-"""Acc, Fmt, Score and Student-t confidence intervals (numpy-free: math only).
+"""Acc, Fmt, Score, intervals over seeds and questions, paired tests (numpy-free: math only).
 
 Fmt rule (`format_ok`): the output is the decoded generated text with special tokens removed
 (so EOS is not in it). It is well formed iff, after stripping leading/trailing whitespace, it is
@@ -152,3 +152,135 @@ def summarise(correct, formatted):
         return {"n": 0, "acc": float("nan"), "fmt": float("nan"), "score": float("nan")}
     acc, fmt = mean(map(float, correct)), mean(map(float, formatted))
     return {"n": len(correct), "acc": acc, "fmt": fmt, "score": score(acc, fmt)}
+
+
+def summarise_by_kind(kinds, correct, formatted):
+    """summarise() for each answer kind present ({"number": {...}, "choice": {...}})."""
+    kinds, correct, formatted = list(kinds), list(correct), list(formatted)
+    if not len(kinds) == len(correct) == len(formatted):
+        raise ValueError(f"summarise_by_kind: {len(kinds)} kinds, {len(correct)} correct flags, "
+                         f"{len(formatted)} format flags")
+    return {kind: summarise([c for k, c in zip(kinds, correct) if k == kind],
+                            [f for k, f in zip(kinds, formatted) if k == kind])
+            for kind in sorted(set(kinds))}
+
+
+def _check_table(table, name):
+    table = [[float(v) for v in row] for row in table]
+    if not table or not table[0]:
+        raise ValueError(f"{name}: needs at least one seed and one question")
+    if any(len(row) != len(table[0]) for row in table):
+        raise ValueError(f"{name}: every seed needs the same questions, got row lengths "
+                         f"{sorted({len(row) for row in table})}")
+    return table, len(table), len(table[0])
+
+
+def _crossed_variance(table):
+    """(mean, seed component, question component) of the grand mean of a seeds x questions table:
+    sample variance of the seed means / seeds, population variance of the question means / questions."""
+    seeds, questions = len(table), len(table[0])
+    grand = sum(map(sum, table)) / (seeds * questions)
+    seed_means = [sum(row) / questions for row in table]
+    question_means = [sum(col) / seeds for col in zip(*table)]
+    seed_part = (sum((m - grand) ** 2 for m in seed_means) / (seeds - 1) / seeds) if seeds > 1 else 0.0
+    question_part = sum((m - grand) ** 2 for m in question_means) / questions / questions
+    return grand, seed_part, question_part
+
+
+def _satterthwaite_df(seed_part, question_part, seeds, questions):
+    if seed_part + question_part == 0:
+        return questions - 1
+    denominator = question_part ** 2 / (questions - 1)
+    if seeds > 1:
+        denominator += seed_part ** 2 / (seeds - 1)
+    return (seed_part + question_part) ** 2 / denominator
+
+
+def proportion_interval(table, confidence=0.95):
+    """Mean and 95% interval of a proportion measured on the same questions with several seeds.
+
+    table: one row per seed, one value in [0, 1] per question (1/0 for Acc and Fmt; Score's
+    0.7 Acc + 0.3 Fmt per question). The interval is a Wilson score interval on the pooled mean
+    p over all seeds x questions, with an effective sample size that carries both sources of
+    noise, so it stays inside [0, 1] and keeps its width when the seeds agree:
+      variance of p = seed part + question part, the seed part the sample variance of the seed
+        means / seeds (training noise), the question part the variance of the per-question means
+        over seeds / questions (which questions were drawn; for one seed and 0/1 values it is the
+        binomial p(1 - p) / questions); the two share the seed x question residual, which makes
+        the sum a slight over-estimate, never an under-estimate;
+      effective sample size n_eff = p(1 - p) / variance (Kish's design effect), at most seeds x
+        questions; when every value is 0 or every value is 1 (no variance to measure), n_eff =
+        questions: seeds that agree on every question count as one replicate of the questions;
+      critical value: Student t with Welch-Satterthwaite degrees of freedom of the two parts
+        (seeds - 1 when the seed spread dominates, questions - 1 when the questions do);
+      interval: (p + c^2 / 2n_eff +- c sqrt(p(1 - p) / n_eff + c^2 / 4n_eff^2)) / (1 + c^2 / n_eff).
+    With one seed and 0/1 values this is the textbook Wilson interval (with t_{questions-1}
+    instead of z). Returns {mean, lo, hi, n_eff, df, seeds, questions}.
+    """
+    table, seeds, questions = _check_table(table, "proportion_interval")
+    if any(v < 0 or v > 1 for row in table for v in row):
+        raise ValueError("proportion_interval: values must lie in [0, 1]")
+    p, seed_part, question_part = _crossed_variance(table)
+    out = {"mean": p, "seeds": seeds, "questions": questions}
+    if questions < 2:
+        return {**out, "lo": float("nan"), "hi": float("nan"), "n_eff": float("nan"), "df": float("nan")}
+    spread, variance = p * (1 - p), seed_part + question_part
+    if spread <= 1e-15:
+        n_eff = float(questions)
+    elif variance <= 0:
+        n_eff = float(seeds * questions)
+    else:
+        n_eff = min(float(seeds * questions), spread / variance)
+    df = _satterthwaite_df(seed_part, question_part, seeds, questions)
+    c = t_quantile(0.5 + confidence / 2.0, df)
+    shrink = 1.0 + c * c / n_eff
+    center = (p + c * c / (2 * n_eff)) / shrink
+    half = c * math.sqrt(spread / n_eff + c * c / (4 * n_eff * n_eff)) / shrink
+    return {**out, "lo": max(0.0, center - half), "hi": min(1.0, center + half), "n_eff": n_eff, "df": df}
+
+
+def paired_interval(table_a, table_b, confidence=0.95):
+    """Mean and 95% interval of a - b for two arms on the same seeds and questions.
+
+    The per-(seed, question) differences get the variance of proportion_interval (seed part plus
+    question part) and a Student t interval with its Satterthwaite degrees of freedom, kept inside
+    [-1, 1]. It has zero width only when the two arms differ by the same amount on every question
+    of every seed (for 0/1 values: when they agree everywhere), not when the seeds merely agree.
+    """
+    table_a, seeds, questions = _check_table(table_a, "paired_interval")
+    table_b, seeds_b, questions_b = _check_table(table_b, "paired_interval")
+    if (seeds, questions) != (seeds_b, questions_b):
+        raise ValueError(f"paired_interval: {seeds} x {questions} values for the first arm but "
+                         f"{seeds_b} x {questions_b} for the second; pair them by seed and question")
+    diff = [[x - y for x, y in zip(ra, rb)] for ra, rb in zip(table_a, table_b)]
+    d, seed_part, question_part = _crossed_variance(diff)
+    if questions < 2:
+        return {"mean": d, "lo": float("nan"), "hi": float("nan"), "df": float("nan")}
+    df = _satterthwaite_df(seed_part, question_part, seeds, questions)
+    half = t_quantile(0.5 + confidence / 2.0, df) * math.sqrt(seed_part + question_part)
+    return {"mean": d, "lo": max(-1.0, d - half), "hi": min(1.0, d + half), "df": df}
+
+
+def mcnemar(correct_a, correct_b):
+    """Exact McNemar test of two arms judged on the same (seed, question) pairs, pooled over seeds.
+
+    correct_a, correct_b: seeds x questions tables of 0/1. gained = pairs right under a and wrong
+    under b, lost = the reverse; p = two-sided exact binomial test of gained among the discordant
+    pairs at 1/2 (min(1, 2 P(X <= min(gained, lost))), X ~ Binomial(gained + lost, 1/2)); 1 with no
+    discordant pair. Pooling treats each seed's answer to a question as its own pair, so a question
+    that flips in every seed counts once per seed: read p with the interval of paired_interval,
+    which accounts for questions shared across seeds.
+    """
+    table_a, seeds, questions = _check_table(correct_a, "mcnemar")
+    table_b, seeds_b, questions_b = _check_table(correct_b, "mcnemar")
+    if (seeds, questions) != (seeds_b, questions_b):
+        raise ValueError(f"mcnemar: {seeds} x {questions} values for the first arm but "
+                         f"{seeds_b} x {questions_b} for the second")
+    pairs = [(x, y) for ra, rb in zip(table_a, table_b) for x, y in zip(ra, rb)]
+    if any(v not in (0.0, 1.0) for pair in pairs for v in pair):
+        raise ValueError("mcnemar: values must be 0 or 1")
+    gained = sum(1 for x, y in pairs if x > y)
+    lost = sum(1 for x, y in pairs if x < y)
+    n = gained + lost
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n if n else 1.0
+    return {"gained": gained, "lost": lost, "p": min(1.0, 2.0 * tail)}

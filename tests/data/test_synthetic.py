@@ -71,3 +71,68 @@ def test_tokenizer_is_deterministic_and_covers_ascii():
 def test_build_task_rejects_unknown_parameter(tmp_path):
     with pytest.raises(TypeError, match="n_term"):
         build_task(str(tmp_path), 10, 2, n_term=3)
+
+
+def _options(record):
+    lines = record.prompt.splitlines()[1:]
+    return {line[0]: int(line[3:]) for line in lines}
+
+
+def test_choice_kind_letters_and_near_misses():
+    train, test = generate(300, 40, seed=3, n_terms=4, n_digits=1, kind="choice")
+    assert generate(300, 40, seed=3, n_terms=4, n_digits=1, kind="choice") == (train, test)
+    letters = []
+    for r in train + test:
+        assert r.kind == "choice" and r.choices is None  # only a letter is a correct answer
+        question, *lines = r.prompt.splitlines()
+        terms = [int(t) for t in question[len("What is "):-1].split(" + ")]
+        total = sum(terms)
+        assert [line[:3] for line in lines] == ["A. ", "B. ", "C. ", "D. "]
+        values = _options(r)
+        assert values[r.answer] == total and sorted(values.values()).count(total) == 1
+        previous = sum(terms[:-1])
+        for v in values.values():
+            assert v >= 0 and (v - total in (0, -10, -2, -1, 1, 2, 10) or v == previous)
+        assert len(set(values.values())) == 4
+        assert r.thinking.splitlines()[-1].endswith(f"= {total}")  # the reasoning as for numbers
+        letters.append(r.answer)
+    assert min(letters.count(x) for x in "ABCD") > 40  # the right letter is spread over A-D
+    numbers, _ = generate(300, 40, seed=3, n_terms=4, n_digits=1)
+    assert [r.thinking for r in numbers] == [r.thinking for r in train]  # same problems, same order
+
+
+def test_choice_answers_are_checked_as_letters():
+    from eval.answers import is_correct
+    r = generate(5, 1, seed=0, n_terms=3, n_digits=1, kind="choice")[0][0]
+    wrong = next(x for x in "ABCD" if x != r.answer)
+    assert is_correct(r.answer, r.answer, r.kind, r.choices)
+    assert is_correct(f"({r.answer})", r.answer, r.kind, r.choices)
+    assert not is_correct(wrong, r.answer, r.kind, r.choices)
+    assert not is_correct(str(_options(r)[r.answer]), r.answer, r.kind, r.choices)  # the number is not the letter
+
+
+def test_mixed_kind_alternates_within_each_split():
+    train, test = generate(40, 10, seed=1, n_terms=4, n_digits=1, kind="mixed")
+    for split in (train, test):
+        assert [r.kind for r in split] == ["number", "choice"] * (len(split) // 2)
+        assert all((r.answer in "ABCD") == (r.kind == "choice") for r in split)
+    numbers, _ = generate(40, 10, seed=1, n_terms=4, n_digits=1)
+    assert [r.thinking for r in train] == [r.thinking for r in numbers]
+
+
+def test_validation_split_is_disjoint_and_leaves_test_unchanged(tmp_path):
+    train, test, val = generate(3000, 200, seed=0, n_terms=4, n_digits=1, kind="mixed", n_val=300)
+    assert len(val) == 300 and {r.id for r in val} == {f"synthetic-val-{i}" for i in range(300)}
+    arithmetic = [{r.prompt.splitlines()[0] for r in split} for split in (train, test, val)]
+    assert not arithmetic[0] & arithmetic[1] and not arithmetic[0] & arithmetic[2]
+    assert not arithmetic[1] & arithmetic[2]
+    assert generate(3000, 200, seed=0, n_terms=4, n_digits=1, kind="mixed")[1] == test
+    paths = build_task(str(tmp_path), n_train=3000, n_test=200, seed=0, n_terms=4, n_digits=1,
+                       kind="mixed", n_val=300)
+    assert [r.prompt for r in load_records(paths["val"])] == [r.prompt for r in val]
+    assert [r.kind for r in load_records(paths["test"])] == [r.kind for r in test]
+    assert "val" not in build_task(str(tmp_path / "b"), n_train=20, n_test=2, seed=0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        generate(5, 1, kind="letters")
+    with pytest.raises(ValueError, match="val_fraction"):
+        generate(5, 1, n_val=5, val_fraction=0.95)

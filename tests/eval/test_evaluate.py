@@ -46,12 +46,12 @@ RESPONSES = [
 ]
 
 
-def scripted(tok, responses, eos_after=True):
+def scripted(tok, responses, eos_after=True, kinds=None):
     from data import render_prompt
     records, scripts = [], {}
     for i, (prompt, answer, response) in enumerate(responses):
         record = Record(prompt=prompt, thinking="", answer=answer, id=f"r{i}", source=f"t:{i + 1}",
-                        kind="number")
+                        kind=kinds[i] if kinds else "number")
         records.append(record)
         ids = tok.encode(response) + ([tok.eos_id] if eos_after else [])
         scripts[tuple(tok.encode(render_prompt(record, tok)))] = ids
@@ -75,6 +75,24 @@ def test_tagged_pipeline_judges_each_output(syn_tok, tmp_path):
     assert metrics["score"] == pytest.approx(0.6)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["n"] == 5 and metrics["no_answer"] == pytest.approx(0.2)
+
+
+def test_metrics_per_kind_and_intervals_inside_0_1(syn_tok, tmp_path):
+    choice = [("What is 1 + 2?\nA. 3\nB. 4\nC. 13\nD. 2", "A", "<Thinking>1 + 2 = 3</Thinking><Answer>A</Answer>"),
+              ("What is 2 + 2?\nA. 3\nB. 4\nC. 14\nD. 2", "B", "<Thinking>2 + 2 = 4</Thinking><Answer>4</Answer>"),
+              ("What is 5 + 2?\nA. 6\nB. 17\nC. 5\nD. 7", "D", "<Thinking>5 + 2 = 7</Thinking><Answer>C</Answer>")]
+    records, model = scripted(syn_tok, RESPONSES + choice, kinds=["number"] * 5 + ["choice"] * 3)
+    metrics = evaluate(model, syn_tok, records, style="tagged", max_new_tokens=64, out_dir=tmp_path)
+    # the option's number is not its letter: only the first choice output is right
+    assert metrics["by_kind"] == {"number": {"n": 5, "acc": pytest.approx(0.6), "fmt": pytest.approx(0.6),
+                                             "score": pytest.approx(0.6)},
+                                  "choice": {"n": 3, "acc": pytest.approx(1 / 3), "fmt": 1.0,
+                                             "score": pytest.approx(0.7 / 3 + 0.3)}}
+    assert metrics["acc"] == pytest.approx(4 / 8)
+    assert json.loads((tmp_path / "metrics.json").read_text())["by_kind"] == metrics["by_kind"]
+    for key in ("acc_ci95", "fmt_ci95"):
+        lo, hi = metrics[key]
+        assert 0 <= lo < metrics[key[:3]] < hi <= 1
 
 
 def test_plain_pipeline_reads_the_answer_phrase(syn_tok):
