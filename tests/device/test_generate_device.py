@@ -61,3 +61,16 @@ def test_bf16_tokens_are_full_forward_argmax(pair, weights, device):
         # round differently by a few steps, so a token within 0.1 of the best is a tie, not an error
         assert gap.max().item() < 0.1, (prompt, row, gap.tolist())
         assert (gap == 0).float().mean().item() >= 0.75, gap.tolist()
+
+
+def test_blocks_compiled_for_training_generate_eagerly(pair, device):
+    # train.py evaluates the model it trained with compile = true: generation must not recompile
+    # the blocks at every cache step (it would hit dynamo's recompile limit, seconds each on CUDA)
+    from torch._dynamo.utils import counters
+    _, path = pair
+    model = load_pretrained(path, dtype=torch.float32, device=device)
+    expected = generate(model, PROMPTS, NEW, eos_ids=[], batch_size=8, pad_id=PAD)
+    model.compile_blocks()
+    frames = counters["frames"]["total"]
+    assert generate(model, PROMPTS, NEW, eos_ids=[], batch_size=8, pad_id=PAD) == expected
+    assert counters["frames"]["total"] == frames
