@@ -105,8 +105,9 @@ def relative_error(a, b):
 
 
 CASES = [  # (precision, packed, stage, compile): eager everywhere, compiled in bf16 as trained
+    # (two compiled cases: each new graph is seconds of Triton builds on CUDA)
     *[(p, packed, s, False) for p in ("fp32", "bf16") for packed in (False, True) for s in (1, 2)],
-    ("bf16", False, 1, True), ("bf16", False, 2, True), ("bf16", True, 2, True)]
+    ("bf16", False, 1, True), ("bf16", True, 2, True)]
 
 
 @pytest.mark.parametrize("precision,packed,stage,compile", CASES)
