@@ -5,8 +5,10 @@ tied) for both, saved with transformers' save_pretrained and loaded with our loa
 Batch 16 uses prompts of different lengths (left padding). No EOS: every row makes --new tokens.
 
     python benchmarks/generate_bench.py [--new 32] [--prompt-len 48] [--dtypes float32,bfloat16]
+    python benchmarks/generate_bench.py --device cuda --batches 64 --json generate.json
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -40,8 +42,8 @@ def run_ours(model, prompts, new):
 
 def run_hf(model, prompts, new):
     width = max(len(p) for p in prompts)
-    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                              do_sample=False, pad_token_id=2)
@@ -69,6 +71,8 @@ def main():
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the rows here (a list)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,14 +81,15 @@ def main():
     hf_fp32 = smollm2_shaped(args.layers)
     with tempfile.TemporaryDirectory() as tmp:
         hf_fp32.save_pretrained(tmp)
-        ours_by_dtype = {name: load_pretrained(tmp, dtype=getattr(torch, name))
+        ours_by_dtype = {name: load_pretrained(tmp, dtype=getattr(torch, name), device=args.device)
                          for name in args.dtypes.split(",")}
-    print(f"threads={torch.get_num_threads()} new={args.new} prompt_len<={args.prompt_len} "
+    print(f"device={args.device} threads={torch.get_num_threads()} new={args.new} prompt_len<={args.prompt_len} "
           f"layers={args.layers} (tokens/s = rows * new tokens / best of {args.repeats})\n")
     print("| dtype | batch | ours tok/s | transformers tok/s | ratio | same tokens |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for name, ours in ours_by_dtype.items():
-        hf = smollm2_shaped(args.layers).to(getattr(torch, name))
+        hf = smollm2_shaped(args.layers).to(args.device, getattr(torch, name))
         hf.load_state_dict(hf_fp32.state_dict())
         hf.generation_config.eos_token_id = None
         for batch in map(int, args.batches.split(",")):
@@ -98,6 +103,12 @@ def main():
             same = sum(a == b for a, b in zip(got, ref))
             print(f"| {name} | {batch} | {tokens / t_ours:.1f} | {tokens / t_hf:.1f} | "
                   f"{t_hf / t_ours:.2f}x | {same}/{batch} rows |", flush=True)
+            rows.append(dict(dtype=name, batch=batch, new=args.new, prompt_len=args.prompt_len,
+                             layers=args.layers, ours_tokens_per_s=tokens / t_ours,
+                             transformers_tokens_per_s=tokens / t_hf, same_rows=same))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

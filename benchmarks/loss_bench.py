@@ -147,6 +147,7 @@ def main():
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--stages", default="1,2")
     parser.add_argument("--impls", default=None, help="default: naive,ours + importable peers")
+    parser.add_argument("--json", default=None, help="also write every case's result here (a list)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -166,11 +167,17 @@ def main():
               "| working MiB | x naive | loss |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    cases = []
     for dtype in args.dtypes.split(","):
         for stage in (int(s) for s in args.stages.split(",")):
             naive = None
             for impl in impls:
                 result = run_case(args, impl, dtype, stage)
+                cases.append(dict(impl=impl, dtype=dtype, stage=stage, tokens=args.tokens,
+                                  hidden=args.hidden, vocab=args.vocab, result=result))
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump(cases, f, indent=1)
                 if result is None:
                     print(f"| {dtype} | {stage} | {impl} | failed |" + " |" * 7, flush=True)
                     continue

@@ -53,7 +53,7 @@ def generate(model, prompts, max_new_tokens, eos_ids, stop_ids=None, temperature
     model.eval()
     try:
         packing = packed_linears(model, autocast_dtype) if pack_weights else _plain_output(model)
-        with torch.inference_mode(), _autocast(device, autocast_dtype), packing as output:
+        with _eager(model), torch.inference_mode(), _autocast(device, autocast_dtype), packing as output:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 rows = _generate_batch(model, output, [prompts[i] for i in chunk], max_new_tokens, eos_ids,
@@ -77,6 +77,14 @@ def _stop_sequences(stop_ids):
 @contextlib.contextmanager
 def _plain_output(model):
     yield lambda hidden: torch.nn.functional.linear(hidden, model.output_weight)
+
+
+def _eager(model):
+    """Blocks torch.compiled for training run eagerly here: every KV-cache step has new shapes and
+    cache offsets, so compiled blocks would recompile per step and per layer until dynamo's
+    recompile limit (on CUDA each recompile is seconds of Triton builds)."""
+    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
 
 
 def _autocast(device, dtype):
