@@ -139,6 +139,6 @@ def resolve_dtype(name):
     if name in (None, "auto"):
         return None
     dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return dtype
