@@ -41,8 +41,12 @@ def arm_overrides(arm, key_weight):
 
 def steps_per_stage(run_dir):
     steps = {}
-    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    path = Path(run_dir) / "log.jsonl"
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AblationError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
         if r["type"] == "train":
             steps[r["stage"]] = max(steps.get(r["stage"], 0), r["step"])
     return steps
@@ -59,7 +63,10 @@ RUN_ONLY_FIELDS = ("out", "resume", "parallel")
 def check_same_config(out, argv):
     """Raises AblationError when the run in `out` was started with another config than `argv` gives."""
     import train
-    saved = json.loads((out / "config.json").read_text())
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise AblationError(f"{out / 'config.json'}: not valid JSON ({e}); move the run away") from None
     wanted = json.loads(json.dumps(dataclasses.asdict(train.parse_args(argv))))
 
     def differences(a, b, prefix=""):
@@ -94,7 +101,22 @@ def run_arm(arm, seed, args, extra):
     if results_path.exists() and final_stage in json.loads(results_path.read_text()):
         return json.loads(results_path.read_text())
     print(f"== {arm} seed {seed}" + (" (resuming)" if resume else ""), flush=True)
-    return train.main(argv + (["--resume"] if resume else []))
+    results = train.main(argv + (["--resume"] if resume else []))
+    if final_stage not in results:
+        raise AblationError(f"{out}: the run finished without evaluating {final_stage} (no eval records?)")
+    return results
+
+
+def check_evaluates(args, extra):
+    """The table needs every arm evaluated: refuse a config that would train without evaluating."""
+    import train
+    cfg = train.parse_args(["--config", args.config, "--out", str(Path(args.out) / "check")] + extra)
+    if not cfg.eval:
+        raise AblationError(f"{args.config}{' with ' + ' '.join(args.set) if args.set else ''}: eval = "
+                            "false, but the ablation compares the arms' evaluations; drop eval=false")
+    if cfg.data_format != "synthetic" and not cfg.eval_data:
+        raise AblationError(f"{args.config}: eval_data is empty, but the ablation compares the arms' "
+                            "evaluations; set eval_data")
 
 
 def collect(args, extra):
@@ -190,6 +212,7 @@ def main(argv=None):
     if args.seeds < 2:
         p.error("--seeds must be at least 2 for a confidence interval")
     extra = [x for s in args.set for x in ("--set", s)]
+    check_evaluates(args, extra)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     runs = collect(args, extra)
     text = table(runs, args.arms)
@@ -204,6 +227,7 @@ if __name__ == "__main__":
     try:
         main()
     except Exception as e:  # the table so far is on disk; rerunning resumes
-        if type(e).__name__ in ("TrainError", "DataError", "AblationError"):
+        # config, data and checkpoint errors are ValueErrors; OSError: disk full, read-only
+        if isinstance(e, (AblationError, ValueError, OSError)) or type(e).__name__ == "TrainError":
             sys.exit(f"eval.ablation: {e}")
         raise

@@ -57,3 +57,13 @@ def test_ablation_rejects_unknown_arms_and_single_seeds(tmp_path):
         ablation.main(["--arms", "sft,magic", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         ablation.main(["--seeds", "1", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("eval=false", "eval = false, but the ablation compares the arms' evaluations"),
+    ("data_format=gsm8k", "eval_data is empty"),
+])
+def test_ablation_refuses_a_config_without_evaluation_before_training(tmp_path, setting, message):
+    with pytest.raises(ablation.AblationError, match=message):
+        ablation.main(["--seeds", "2", "--out", str(tmp_path / "abl"), "--set", setting])
+    assert not (tmp_path / "abl").exists()  # refused before anything was trained or written
