@@ -1,7 +1,8 @@
 """sftkey: supervised fine-tuning that emphasises the Key (final answer) tokens.
 
-Reads top to bottom: config -> data -> model -> for each stage: optimizer, loop, checkpoints,
-evaluation -> summary table.
+Reads top to bottom: config -> data -> model -> the SFTKey step -> for each stage: optimizer,
+loop, checkpoints, evaluation -> summary table. Config files, the step log, checkpoints and
+several processes are handled in training/ (see its __init__).
 
     python train.py                                   # built-in demo (configs/demo.toml)
     python train.py --config configs/smollm2_gsm8k.toml --set stage1.epochs=1 --set lr_scale=2
@@ -13,7 +14,6 @@ Any config field can be overridden with `--set key=value` (repeatable; nested fi
 values parsed as TOML literals: `--set stage2.weights=[0,0,1] --set compile=true`).
 """
 import argparse
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,36 +24,28 @@ import random
 import shutil
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as td
-from safetensors.torch import load_file, save_file
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from atomic_io import write_json
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
 from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
 from loss import weighted_linear_cross_entropy
-from model import Decoder, ModelConfig, load_pretrained, save_pretrained
-from model.hf_io import fsync_dir
+from model import Decoder, ModelConfig, load_pretrained
+from model.precision import autocast_dtype
+from training import TrainError, checkpoint
+from training.config_io import resolve_config
+from training.distributed import Dist, grad_sync, gradient_norm, setup_distributed, wrap_model
+from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
 
-
-class TrainError(RuntimeError):
-    """A problem with the run itself (config, data, numerics): printed without a traceback."""
-
-
-# ----------------------------------------------------------------------------- config
 
 @dataclass
 class StageConfig:
@@ -123,51 +115,6 @@ class Config:
     stage2: StageConfig = field(default_factory=lambda: StageConfig(weights=[0.0, 0.0, 1.0]))
 
 
-def config_from_dict(d, cls=Config, where="config"):
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in d.items():
-        if key not in known:
-            raise TrainError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(known))})")
-        if key in ("stage1", "stage2"):
-            defaults = dataclasses.asdict(getattr(cls(), key))
-            value = config_from_dict({**defaults, **value}, StageConfig, f"{where}: {key}")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def parse_value(text):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string such as a path
-
-
-def apply_override(cfg, assignment):
-    if "=" not in assignment:
-        raise TrainError(f"--set {assignment!r}: expected key=value")
-    key, text = assignment.split("=", 1)
-    target, parts = cfg, key.strip().split(".")
-    for part in parts[:-1]:
-        target = target[part] if isinstance(target, dict) else getattr(target, part, None)
-        if target is None:
-            raise TrainError(f"--set {key}: no config section '{part}'")
-    name, value = parts[-1], parse_value(text.strip())
-    if isinstance(target, dict):
-        target[name] = value
-        return
-    if not hasattr(target, name):
-        raise TrainError(f"--set {key}: unknown field '{name}'")
-    old = getattr(target, name)
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(old, str) and not isinstance(value, str):
-        value = text.strip()  # stage=1, out=2024 are strings
-    if old is not None and not isinstance(value, type(old)):
-        raise TrainError(f"--set {key}={text}: expected {type(old).__name__}, got {value!r}")
-    setattr(target, name, value)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help=f"TOML run config (default {DEFAULT_CONFIG.name})")
@@ -179,31 +126,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="with torchrun: DDP or FSDP2")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    path = Path(args.config) if args.config else DEFAULT_CONFIG
-    try:
-        cfg = config_from_dict(tomllib.loads(path.read_text()), where=str(path))
-    except FileNotFoundError:
-        raise TrainError(f"--config {path}: no such file")
-    except tomllib.TOMLDecodeError as e:
-        raise TrainError(f"--config {path}: {e}")
-    for name in ("stage", "init", "out", "device", "seed"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    saved = Path(cfg.out) / "config.json"
-    if args.resume and saved.exists():
-        cfg = config_from_dict(json.loads(saved.read_text()), where=str(saved))  # exactly what was started
-        cfg.out = str(saved.parent)  # the run may have been moved or copied since
-    cfg.resume = cfg.resume or args.resume
-    cfg.parallel = args.parallel or cfg.parallel  # a resumed run may change how it is parallelised
-    for assignment in args.set:
-        apply_override(cfg, assignment)
-    if cfg.stage == "2" and not cfg.init:
-        raise TrainError("--stage 2 needs --init DIR (a stage-1 checkpoint or any HF model dir)")
-    return cfg
+    return resolve_config(p.parse_args(argv), Config, DEFAULT_CONFIG)
 
-
-# ----------------------------------------------------------------------------- data
 
 def build_data(cfg):
     """Returns tokenizer, train and validation datasets, and the evaluation records."""
@@ -232,8 +156,6 @@ def build_data(cfg):
     eval_records = load_records(eval_path, format=fmt, limit=cfg.limit_eval or None) if eval_path else []
     return tok, train, val, eval_records
 
-
-# ----------------------------------------------------------------------------- model
 
 def build_model(cfg, tok, device):
     if cfg.init:
@@ -282,246 +204,87 @@ def lr_at(step, total, warmup, sc):
     return sc.lr * (sc.min_lr_ratio + (1.0 - sc.min_lr_ratio) * scale)
 
 
-@functools.lru_cache
-def peak_flops(device, precision):
-    """Peak matmul FLOP/s for MFU: measured with a large square matmul in the run's precision."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    n = 2048
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    t0, reps = time.perf_counter(), 5
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+# The SFTKey step. Stage 1 and stage 2 run this same code and differ only in their role weights
+# (PROMPT, COT, KEY): [0, 1, 1] trains the whole tagged response, [0, 0, 1] only the Key tokens
+# (<Answer>, the answer, </Answer>, EOS) with the reasoning kept as context. In order:
+# role weights per token -> the rows with a weighted target -> fused linear cross-entropy on those
+# rows -> divide by the total weight of the whole optimizer step (every micro-batch, every rank,
+# counted before any backward) -> backward -> clip -> optimizer step.
+
+def role_weight_tensor(sc, n, device):
+    """Stage n's loss weight per role id: PROMPT, COT, KEY from the config, 0 for the rest (PAD)."""
+    if len(sc.weights) != 3 or min(sc.weights) < 0 or sum(sc.weights[1:]) == 0:
+        raise TrainError(f"stage{n}.weights = {sc.weights}: need 3 non-negative role weights "
+                         "(PROMPT, COT, KEY) with COT or KEY above 0")
+    return torch.tensor(list(sc.weights) + [0.0] * (NUM_ROLES - 3), device=device)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def sftkey_loss(model, batch, role_weights, select_rows=True, z_loss=0.0, dft=False, compile=True):
+    """sum(weight * nll) over the batch's tokens, with the nll sum and token count per role.
+    select_rows: the decoder's last layer runs its queries, attention and MLP only at the positions
+    whose target carries weight (the Key tokens in stage 2), since the loss drops the others anyway;
+    otherwise at every position. Runs inside LossRoot's forward (autocast; FSDP2's gathered root)."""
+    device = role_weights.device
+    ids = batch["input_ids"].to(device)
+    segments = batch["segment_ids"].to(device) if batch.get("segment_ids") is not None else None
+    targets, roles = batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
+    weights = role_weights[roles]
+    rows = torch.nonzero((weights != 0) & (targets != IGNORE_INDEX)).squeeze(1) if select_rows else None
+    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True,
+                   rows=rows)
+    if rows is None:
+        hidden = hidden.flatten(0, 1)
+    else:
+        targets, roles, weights = targets[rows], roles[rows], weights[rows]
+    return weighted_linear_cross_entropy(hidden, model.output_weight, targets, weights, roles,
+                                         z_loss=z_loss, dft=dft, compile=compile)
 
 
-# ----------------------------------------------------------------------------- distributed
+def accumulate_gradients(head, micro, role_weights, sc, scaler, where, dist=Dist()):
+    """Backward over this rank's micro-batches of one optimizer step (head: a LossRoot around
+    sftkey_loss, or its DDP / FSDP2 form); returns the step's loss, the per-role nll sums and
+    counts, and the target count, each summed over all ranks.
 
-@dataclass
-class Dist:
-    """This process's place in a torchrun launch (rank 0 of 1 without one)."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            td.barrier()
-
-    def sum(self, tensor):
-        """Sum over ranks (in place; on the training device, as NCCL needs)."""
-        if self.world > 1:
-            td.all_reduce(tensor)
-        return tensor
-
-
-def setup_distributed(cfg):
-    """Process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
-    device = resolve_device(cfg.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.parallel not in ("none", "ddp", "fsdp"):
-        raise TrainError(f"config parallel = '{cfg.parallel}': use none, ddp or fsdp")
-    if cfg.cpu_offload and (cfg.parallel != "fsdp" or device.type != "cuda"):
-        raise TrainError("cpu_offload = true needs --parallel fsdp on CUDA devices (it moves FSDP2 shards "
-                         "from the GPUs to CPU memory)")
-    if cfg.parallel == "none":
-        if world > 1:
-            raise TrainError(f"launched as {world} processes but parallel = 'none': add --parallel ddp|fsdp")
-        return Dist(), device
-    if "RANK" not in os.environ:
-        raise TrainError(f"--parallel {cfg.parallel}: launch with torchrun (e.g. torchrun --nproc_per_node 2 "
-                         "train.py ...)")
-    if cfg.parallel == "fsdp" and cfg.precision == "fp16":
-        raise TrainError("--parallel fsdp with precision = 'fp16': use bf16 (no sharded gradient scaler here)")
-    dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    # long timeout: the other ranks wait while rank 0 evaluates at the end of a stage
-    td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3))
-    return dist, device
-
-
-def amp_dtype(cfg):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.precision]
-
-
-class LossHead(nn.Module):
-    """The decoder and the fused loss in one forward. Under FSDP2 this is the root module: its
-    parameters (embedding, final norm, output weight, tied or not) are unsharded only inside its
-    forward, so the loss that reads the output weight must run there."""
-
-    def __init__(self, model, autocast, device, select_rows=True):
-        super().__init__()
-        self.model, self.autocast, self.device, self.select_rows = model, autocast, device, select_rows
-
-    def forward(self, batch, role_weights, z_loss=0.0, dft=False, compile=True):
-        with self.autocast:  # the loss's output-layer matmuls run in the autocast dtype too
-            hidden, targets, roles, weights = forward_hidden(self.model, batch, role_weights, self.device,
-                                                             self.select_rows)
-            return weighted_linear_cross_entropy(hidden, self.model.output_weight, targets, weights,
-                                                 roles, z_loss=z_loss, dft=dft, compile=compile)
-
-
-def wrap_model(model, cfg, dist, device):
-    """The module the loop calls: LossHead around the (compiled) decoder, in DDP or sharded by FSDP2."""
-    amp = amp_dtype(cfg)
-    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    head = LossHead(model.compile_blocks() if cfg.compile else model, autocast, device, cfg.select_rows)
-    if cfg.parallel == "ddp":
-        return DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.parallel == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-        # the batch dict carries float role weights: leave the root's inputs uncast
-        opts = dict(mesh=init_device_mesh(device.type, (dist.world,)),
-                    mp_policy=MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32,
-                                                   cast_forward_inputs=False),
-                    offload_policy=CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy())
-        for block in model.layers:
-            fully_shard(block, **opts)
-        fully_shard(head, **opts)
-    return head
-
-
-@contextlib.contextmanager
-def grad_sync(head, last):
-    """Reduce gradients across ranks only on the last micro-batch of an optimizer step."""
-    if isinstance(head, DistributedDataParallel) and not last:
-        with head.no_sync():
-            yield
-        return
-    if hasattr(head, "set_requires_gradient_sync"):  # an FSDP2 module
-        head.set_requires_gradient_sync(last)
-    yield
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def rng_state():
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["torch_cuda"] = torch.cuda.get_rng_state()
-    np_state = np.random.get_state()
-    meta = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    return tensors, meta
-
-
-def set_rng_state(tensors, meta):
-    torch.set_rng_state(tensors["torch_cpu"])
-    if "torch_cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["torch_cuda"])
-    version, state, gauss = meta["python"]
-    random.setstate((version, tuple(state), gauss))
-    name, keys, *rest = meta["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-
-
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on rank 0's CPU
-
-
-def gathered_model(head, model, cfg):
-    """A whole decoder on rank 0 (None elsewhere); FSDP2 shards are gathered (every rank calls this)."""
-    if cfg.parallel != "fsdp":
-        return model
-    tensors = get_model_state_dict(head, options=FULL_STATE)
-    if not tensors:
-        return None
-    with torch.device("meta"):
-        whole = Decoder(model.config)
-    whole.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()}, assign=True)
-    return whole
-
-
-def save_checkpoint(path, head, model, tok, optimizer, scaler, sampler, state, cfg, dist=Dist()):
-    """HF model dir + train_state/, written by rank 0 under a temporary name and renamed into place.
-
-    The optimizer state is saved whole (gathered, keyed by parameter name), so a run resumes with
-    any number of ranks and either of none / ddp / fsdp.
+    Exact normalisation: every micro-batch's weighted loss sum is divided by the total weight of
+    the whole step (all micro-batches of all ranks), counted before any backward, so 4 micro-batches
+    of 2, or 2 ranks x 2 micro-batches of 2, equal one batch of 8.
     """
-    path = Path(path)
-    whole = gathered_model(head, model, cfg)
-    opt = get_optimizer_state_dict(head, optimizer, options=FULL_STATE)
-    if not dist.main:
-        dist.barrier()
-        return
-    tmp = path.parent / f".tmp-{path.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(whole, tmp, tokenizer_dir=tok.path)
-    if tok.vocab_size > tok.file_vocab_size:  # tokens added in memory (tags_as_special): keep them
-        tok.tokenizer.save(str(tmp / "tokenizer.json"))
-        with open(tmp / "tokenizer.json", "rb") as f:
-            os.fsync(f.fileno())
-    ts = tmp / "train_state"
-    ts.mkdir()
-    tensors = {f"state.{name}.{k}": v.detach().cpu().contiguous()
-               for name, s in opt["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    save_file(tensors, ts / "optimizer.safetensors")
-    rng_tensors, rng_meta = rng_state()
-    save_file(rng_tensors, ts / "rng.safetensors")
-    meta = dict(state, param_groups=opt["param_groups"], sampler=sampler.state_dict(), rng=rng_meta,
-                scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-                config=dataclasses.asdict(cfg))
-    write_json(ts / "state.json", meta)
-    fsync_dir(ts)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    dist.barrier()
+    device = role_weights.device
+    step_weight = dist.sum(sum(role_weights[b["roles"].to(device)].sum() for b in micro))
+    if step_weight.item() == 0:
+        raise TrainError(f"{where}: no supervised token in the batch (role weights {sc.weights})")
+    loss_total, role_sum, role_count, tokens = 0.0, torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES), 0
+    for i, b in enumerate(micro):
+        with grad_sync(head, last=i == len(micro) - 1):
+            loss_sum, rs, rc = head(b, role_weights, z_loss=sc.z_loss, dft=sc.dft)
+            # DDP and FSDP average gradients over ranks, but step_weight already counts every rank
+            scaler.scale(loss_sum * dist.world / step_weight).backward()
+        loss_total += loss_sum.item()
+        role_sum += rs.cpu()
+        role_count += rc.cpu()
+        tokens += int((b["targets"] != IGNORE_INDEX).sum())
+    if dist.world > 1:
+        totals = dist.sum(torch.tensor([loss_total, tokens, *role_sum, *role_count], dtype=torch.float64,
+                                       device=device)).cpu()
+        loss_total, tokens = totals[0].item(), int(totals[1])
+        role_sum, role_count = totals[2:2 + NUM_ROLES], totals[2 + NUM_ROLES:]
+    loss = loss_total / step_weight.item()
+    if not math.isfinite(loss):
+        raise TrainError(f"{where}: loss is {loss}; stopping, the last checkpoint is intact")
+    return loss, role_sum, role_count, tokens
 
 
-def load_train_state(path, head, optimizer, scaler, sampler, dist=Dist()):
-    """Rank 0 reads the whole optimizer state and broadcasts it; each rank keeps its share."""
-    ts = Path(path) / "train_state"
-    meta = json.loads((ts / "state.json").read_text())
-    opt_state = {}
-    for name, value in load_file(ts / "optimizer.safetensors").items() if dist.main else ():
-        param, key = name.removeprefix("state.").rsplit(".", 1)
-        opt_state.setdefault(param, {})[key] = value
-    whole = {"state": opt_state, "param_groups": meta["param_groups"]} if dist.main else {}
-    set_optimizer_state_dict(head, optimizer, whole, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=dist.world > 1))
-    saved = meta["sampler"]
-    # rank 0's position stands for every rank (equal batch counts); another world size restarts at the
-    # same global micro-batch, exact unless it is not a multiple of the new world size
-    consumed = saved["position"] * saved["world_size"]
-    sampler.load_state_dict(dict(saved, rank=sampler.rank, world_size=sampler.world_size,
-                                 position=consumed // sampler.world_size))
-    if scaler is not None and meta["scaler"]:
-        scaler.load_state_dict(meta["scaler"])
-    set_rng_state(load_file(ts / "rng.safetensors"), meta["rng"])
-    return meta
+def optimizer_step(model, optimizer, scaler, grad_clip, where):
+    """Clip the gradients to grad_clip, step, and clear them; returns the norm before clipping."""
+    scaler.unscale_(optimizer)
+    grad_norm = gradient_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
+        raise TrainError(f"{where}: gradient norm is {grad_norm}; stopping, the last checkpoint is intact")
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
-
-def write_json(path, obj):
-    tmp = Path(path).with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def step_checkpoints(stage_dir):
-    return sorted(p for p in Path(stage_dir).glob("step_*") if (p / "train_state" / "state.json").exists())
-
-
-# ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
 def validate(head, val, tok, device, cfg, dist=Dist()):
@@ -535,7 +298,7 @@ def validate(head, val, tok, device, cfg, dist=Dist()):
     stats = torch.zeros(2, NUM_ROLES, dtype=torch.float64, device=device)
     for i in range(dist.rank, len(padded), dist.world):
         indices = list(range(padded[i], min(len(val), padded[i] + cfg.micro_batch_size)))
-        _, role_sum, role_count = head(collate(val, indices, tok.pad_id), weights, compile=cfg.compile_loss)
+        _, role_sum, role_count = head(collate(val, indices, tok.pad_id), weights)
         if i < len(starts):
             stats += torch.stack((role_sum, role_count)).double()
     sums, counts = dist.sum(stats).cpu()
@@ -543,63 +306,10 @@ def validate(head, val, tok, device, cfg, dist=Dist()):
     return {f"val_{ROLE_NAMES[r]}_nll": (sums[r] / counts[r]).item() for r in (COT, KEY) if counts[r] > 0}
 
 
-def forward_hidden(model, batch, role_weights, device, select_rows=True):
-    """Final hidden states [n, H] with the targets, roles and token weights of the same n positions.
-    select_rows: only the positions with a weighted target (the loss drops the others anyway), so
-    the decoder's last layer runs its queries, attention and MLP for those rows only (in stage 2,
-    the Key tokens); otherwise every position."""
-    ids = batch["input_ids"].to(device)
-    segments = batch["segment_ids"].to(device) if batch.get("segment_ids") is not None else None
-    targets, roles = batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
-    weights = role_weights[roles]
-    rows = torch.nonzero((weights != 0) & (targets != IGNORE_INDEX)).squeeze(1) if select_rows else None
-    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True,
-                   rows=rows)
-    if rows is None:
-        return hidden.flatten(0, 1), targets, roles, weights
-    return hidden, targets[rows], roles[rows], weights[rows]
-
-
-def accumulate_gradients(head, model, micro, role_weights, sc, cfg, device, autocast, scaler, where, dist=Dist()):
-    """Backward over this rank's micro-batches of one optimizer step; returns the step's loss and
-    stats summed over all ranks. head: a LossHead (in DDP / FSDP2) or a bare decoder to wrap.
-
-    Exact normalisation: every micro-batch's weighted loss sum is divided by the total weight of
-    the whole step (all micro-batches of all ranks), counted before any backward, so 4 micro-batches
-    of 2, or 2 ranks x 2 micro-batches of 2, equal one batch of 8.
-    """
-    if not isinstance(head, (LossHead, DistributedDataParallel)):
-        head = LossHead(head, autocast, device)
-    step_weight = dist.sum(sum(role_weights[b["roles"].to(device)].sum() for b in micro))
-    if step_weight.item() == 0:
-        raise TrainError(f"{where}: no supervised token in the batch (role weights {sc.weights})")
-    loss_total, role_sum, role_count, tokens = 0.0, torch.zeros(NUM_ROLES), torch.zeros(NUM_ROLES), 0
-    for i, b in enumerate(micro):
-        with grad_sync(head, last=i == len(micro) - 1):
-            loss_sum, rs, rc = head(b, role_weights, sc.z_loss, sc.dft, cfg.compile_loss)
-            # DDP and FSDP average gradients over ranks, but step_weight already counts every rank
-            scaler.scale(loss_sum * dist.world / step_weight).backward()
-        loss_total += loss_sum.item()
-        role_sum += rs.cpu()
-        role_count += rc.cpu()
-        tokens += int((b["targets"] != -100).sum())
-    if dist.world > 1:
-        totals = dist.sum(torch.tensor([loss_total, tokens, *role_sum, *role_count], dtype=torch.float64,
-                                       device=device)).cpu()
-        loss_total, tokens = totals[0].item(), int(totals[1])
-        role_sum, role_count = totals[2:2 + NUM_ROLES], totals[2 + NUM_ROLES:]
-    return loss_total / step_weight.item(), role_sum, role_count, tokens
-
-
-# ----------------------------------------------------------------------------- one stage
-
 def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=None, dist=Dist()):
     """One stage; head = wrap_model(model, ...) (the module every rank calls), model = the decoder."""
     sc = cfg.stage1 if n == 1 else cfg.stage2
-    if len(sc.weights) != 3 or min(sc.weights) < 0 or sum(sc.weights[1:]) == 0:
-        raise TrainError(f"stage{n}.weights = {sc.weights}: need 3 non-negative role weights "
-                         "(PROMPT, COT, KEY) with COT or KEY above 0")
-    role_weights = torch.tensor(list(sc.weights) + [0.0] * (NUM_ROLES - 3), device=device)
+    role_weights = role_weight_tensor(sc, n, device)
     world = dist.world
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise TrainError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
@@ -619,7 +329,7 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
     stage_dir.mkdir(parents=True, exist_ok=True)
     step = 0
     if resume_from is not None:
-        step = load_train_state(resume_from, head, optimizer, scaler, sampler, dist)["step"]
+        step = checkpoint.load(resume_from, head, optimizer, scaler, sampler, dist)["step"]
     if cfg.resume and dist.main:
         log.truncate(n, step)  # drop what the killed run logged after its last checkpoint
     flops_per_token = model.flops_per_token(cfg.max_len)
@@ -639,20 +349,9 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
             group["lr"] = lr
         micro = [collate(train, next(batches), tok.pad_id, packed=cfg.packed, max_len=cfg.max_len)
                  for _ in range(accum)]
-        loss, role_sum, role_count, tokens = accumulate_gradients(
-            head, model, micro, role_weights, sc, cfg, device, None, scaler, f"stage {n} step {step + 1}", dist)
-        if not math.isfinite(loss):
-            raise TrainError(f"stage {n} step {step + 1}: loss is {loss}; stopping, the last "
-                             f"checkpoint in {stage_dir} is intact")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()  # FSDP2
-        if not math.isfinite(grad_norm) and not scaler.is_enabled():
-            raise TrainError(f"stage {n} step {step + 1}: gradient norm is {grad_norm}; stopping, "
-                             f"the last checkpoint in {stage_dir} is intact")
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        where = f"stage {n} step {step + 1}"
+        loss, role_sum, role_count, tokens = accumulate_gradients(head, micro, role_weights, sc, scaler, where, dist)
+        grad_norm = optimizer_step(model, optimizer, scaler, cfg.grad_clip, where)
         step += 1
         sync(device)
         dt = time.perf_counter() - t0
@@ -672,62 +371,22 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
         saved = (stage_dir / "final" if step == total else
                  stage_dir / f"step_{step:06d}" if cfg.ckpt_every and step % cfg.ckpt_every == 0 else None)
         if saved is not None:
-            save_checkpoint(saved, head, model, tok, optimizer, scaler, sampler, state, cfg, dist)
-            for old in step_checkpoints(stage_dir)[:-cfg.keep_last] if dist.main and step < total else []:
-                shutil.rmtree(old)
+            checkpoint.save(saved, head, model, tok, optimizer, scaler, sampler, state, cfg, dist)
+            if dist.main and step < total and cfg.keep_last:
+                checkpoint.remove_step_checkpoints(stage_dir, keep_last=cfg.keep_last)
     bar.close()
-    for old in step_checkpoints(stage_dir) if dist.main else []:
-        shutil.rmtree(old)
+    if dist.main:
+        checkpoint.remove_step_checkpoints(stage_dir)
     dist.barrier()
     return stage_dir / "final"
 
 
-def peak_memory_gb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
-
-
-class JsonlLog:
-    """One JSON line per optimizer step or validation; on resume, lines past the checkpoint go."""
-
-    def __init__(self, path, enabled=True):
-        self.path, self.enabled = Path(path), enabled  # only rank 0 writes
-
-    def write(self, record):
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def truncate(self, stage, step):
-        if not self.path.exists():
-            return
-        records = [json.loads(line) for line in self.path.read_text().splitlines()]
-        kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and 0 < r["step"] <= step)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-    def records(self):
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
-
-
-# ----------------------------------------------------------------------------- main
-
-def resolve_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
 def evaluate_stage(n, model, tok, records, cfg, device):
     from eval import evaluate
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     return evaluate(model, tok, records, style=cfg.style, template=cfg.template,
                     max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                    out_dir=Path(cfg.out) / f"stage{n}" / "eval", device=device, autocast_dtype=amp_dtype)
+                    out_dir=Path(cfg.out) / f"stage{n}" / "eval", device=device,
+                    autocast_dtype=autocast_dtype(cfg.precision))
 
 
 def main(argv=None):
@@ -749,8 +408,7 @@ def main(argv=None):
             for old in [out / "log.jsonl", out / "results.json"] + list(out.glob("stage[12]")):
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         write_json(out / "config.json", dataclasses.asdict(cfg))
-        for tmp in out.glob("stage*/.tmp-*"):
-            shutil.rmtree(tmp)  # a checkpoint interrupted while being written
+        checkpoint.remove_interrupted_writes(out)
     if dist.local_rank != 0:
         dist.barrier()  # each node's first process writes the data caches, the others then read them
     tok, train, val, eval_records = build_data(cfg)
@@ -762,21 +420,22 @@ def main(argv=None):
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
     log = JsonlLog(out / "log.jsonl", enabled=dist.main)
+    loss_fn = functools.partial(sftkey_loss, select_rows=cfg.select_rows, compile=cfg.compile_loss)
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
     results = json.loads((out / "results.json").read_text()) if cfg.resume and (out / "results.json").exists() else {}
     head = None  # the wrapped model, kept from stage 1 to stage 2 (FSDP2 shards a module only once)
     for n in stages:
         stage_dir = out / f"stage{n}"
         final = stage_dir / "final"
-        if cfg.resume and (final / "train_state" / "state.json").exists():
+        if cfg.resume and checkpoint.is_finished(stage_dir):
             model, head = load_pretrained(final, dtype=torch.float32, device=device), None
             print(f"stage {n}: already finished in {final}")
         else:
-            resume_from = step_checkpoints(stage_dir)[-1] if cfg.resume and step_checkpoints(stage_dir) else None
+            resume_from = checkpoint.latest_step_checkpoint(stage_dir) if cfg.resume else None
             if resume_from is not None:
                 model, head = load_pretrained(resume_from, dtype=torch.float32, device=device), None
             model.gradient_checkpointing = cfg.grad_checkpointing
-            head = head or wrap_model(model, cfg, dist, device)
+            head = head or wrap_model(model, loss_fn, cfg, dist, device)
             final = run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from, dist)
         if cfg.eval and eval_records and f"stage{n}" not in results:
             if dist.main:  # on rank 0 alone, with the whole model (FSDP2: the checkpoint just written)

@@ -36,23 +36,20 @@ CHILD = """
 import os, sys, time, json, torch
 sys.path.insert(0, {root!r})
 path = {path!r}
-def kib(field):
-    for line in open('/proc/self/status'):
-        if line.startswith(field + ':'):
-            return int(line.split()[1])
+from benchmarks.proc_status import reset_peak_rss, status_bytes
 {imports}
 try:
-    open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM so the peak is the load's own
+    reset_peak_rss()  # so the peak is the load's own
 except OSError:
     pass
-before = kib('VmRSS')
+before = status_bytes('VmRSS')
 start = time.perf_counter()
 {load}
 seconds = time.perf_counter() - start
-after_load = (kib('VmHWM') - before) * 1024
+after_load = status_bytes('VmHWM') - before
 # read one element per 2 KiB of every weight, so memory-mapped weights become resident too
 touched = sum(float(p.detach().reshape(-1)[::1024].float().sum()) for p in m.parameters())
-print(json.dumps({{"after_load": after_load, "after_touch": (kib('VmHWM') - before) * 1024, "seconds": seconds}}))
+print(json.dumps({{"after_load": after_load, "after_touch": status_bytes('VmHWM') - before, "seconds": seconds}}))
 """
 
 

@@ -33,6 +33,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.proc_status import reset_peak_rss, status_bytes  # noqa: E402
 
 IMPLEMENTATIONS = ("naive", "ours", "liger", "cce")
 
@@ -68,19 +69,6 @@ def loss_function(name, chunk_size, compile):
     raise ValueError(f"--impl: unknown implementation {name!r}")
 
 
-def rss_bytes(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line")
-
-
-def reset_peak_rss():
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def run_child(args):
     """One implementation on one case; prints a JSON line with seconds and peak extra bytes."""
     device = torch.device(args.device)
@@ -107,11 +95,11 @@ def run_child(args):
         baseline = torch.cuda.memory_allocated()
     else:
         reset_peak_rss()
-        baseline = rss_bytes("VmRSS")
+        baseline = status_bytes("VmRSS")
     start = time.perf_counter()
     loss_value = step()
     times = [time.perf_counter() - start]
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_bytes("VmHWM"))
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else status_bytes("VmHWM"))
     for _ in range(args.repeats - 1):
         start = time.perf_counter()
         step()

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+from benchmarks.proc_status import status_bytes  # noqa: E402
 
 SMOLLM2_135M = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152,
                     hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -50,7 +51,6 @@ DEMO = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=2
             intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             head_dim=64, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
             tie_word_embeddings=True)
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 
 
 def shape(base, layers):
@@ -137,7 +137,8 @@ def make_optimizer(model):
 
 
 def autocast_for(precision, device):
-    dtype = PRECISIONS[precision]
+    from model.precision import autocast_dtype
+    dtype = autocast_dtype(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -191,7 +192,8 @@ def timed(fn, device):
 
 def matmul_rate(precision, device, n=2048, reps=3):
     """FLOP/s of an n x n x n matmul in the step's matmul dtype (best of reps)."""
-    dtype = PRECISIONS[precision] or torch.float32
+    from model.precision import PRECISIONS
+    dtype = PRECISIONS[precision]
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
@@ -256,14 +258,6 @@ def speed_table(args, device):
     sys.stdout.flush()
 
 
-def read_status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status: no {field} line")
-
-
 def memory_child(args, side, precision, device):
     """Runs in a fresh process: build one side, run --memory-steps steps, print peak RSS as JSON."""
     hf_dict = shape(SMOLLM2_135M, args.layers)
@@ -274,14 +268,14 @@ def memory_child(args, side, precision, device):
     weights = (batch["targets"].flatten() != -100).float()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    built = torch.cuda.memory_allocated() if device.type == "cuda" else read_status("VmRSS")
+    built = torch.cuda.memory_allocated() if device.type == "cuda" else status_bytes("VmRSS")
     for _ in range(args.memory_steps):
         if side == "ours":
             ours_step(model, forward, optimizer, batch, weights, precision, args.compile_loss,
                       not args.loss_outside_autocast)
         else:
             hf_step(model, forward, optimizer, batch, precision)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else read_status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_bytes("VmHWM")
     print(json.dumps(dict(peak=peak, built=built)))
 
 

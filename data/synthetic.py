@@ -13,6 +13,8 @@ import string
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from atomic_io import atomic_write
+
 from .records import Record
 
 TAGS = ("<Thinking>", "</Thinking>", "<Answer>", "</Answer>")
@@ -110,11 +112,9 @@ def write_tokenizer(out_dir):
 
 
 def _write_jsonl(path, records):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for r in records:
             f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def build_task(out_dir, n_train=2000, n_test=200, seed=0, **difficulty):

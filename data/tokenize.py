@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from atomic_io import atomic_write, write_json
+
 from .records import DataError
 from .render import TAGS, render_prompt, render_response
 from .roles import COT, KEY, PROMPT
@@ -90,14 +92,11 @@ def _load_cache(base, records):
 def _save_cache(base, ds, kept):
     os.makedirs(os.path.dirname(base), exist_ok=True)
     bounds = np.concatenate([[0], np.cumsum(ds.lengths)]).astype(np.int64)
-    tmp = f"{base}.tmp{os.getpid()}"
-    np.savez(tmp + ".npz", ids=np.concatenate(ds.ids) if ds.ids else np.zeros(0, np.int32),
-             roles=np.concatenate(ds.roles) if ds.roles else np.zeros(0, np.uint8),
-             bounds=bounds, kept=np.array(kept, dtype=np.int64))
-    with open(tmp + ".json", "w") as f:
-        json.dump(ds.stats, f, indent=1)
-    os.replace(tmp + ".npz", base + ".npz")  # arrays first: the JSON's presence marks completion
-    os.replace(tmp + ".json", base + ".json")
+    with atomic_write(base + ".npz", "wb") as f:  # arrays first: the JSON's presence marks completion
+        np.savez(f, ids=np.concatenate(ds.ids) if ds.ids else np.zeros(0, np.int32),
+                 roles=np.concatenate(ds.roles) if ds.roles else np.zeros(0, np.uint8),
+                 bounds=bounds, kept=np.array(kept, dtype=np.int64))
+    write_json(base + ".json", ds.stats)
 
 
 def build_dataset(records, tok, style="tagged", template="plain", max_len=2048, truncate_mode="drop",

@@ -38,7 +38,7 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Every argument that can be checked before anything is loaded or generated."""
-    from eval.evaluate import resolve_dtype
+    from model.precision import dtype_from_name
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     for name in ("batch_size", "max_new_tokens"):
@@ -50,7 +50,7 @@ def check_args(args):
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     for flag, name in (("--dtype", args.dtype), ("--autocast", args.autocast)):
         try:
-            resolve_dtype(name)
+            dtype_from_name(name)
         except ValueError as e:
             raise ValueError(f"{flag}: {e}") from None
     try:
@@ -99,20 +99,21 @@ def run(args):
     check_args(args)
 
     from data import load_records, load_tokenizer
-    from eval.evaluate import evaluate, resolve_dtype
+    from eval.evaluate import evaluate
     from model import load_pretrained
+    from model.precision import dtype_from_name
 
     tok = load_tokenizer(tokenizer_dir)
     records = load_records(args.data, format=args.format, limit=args.limit)
     if not records:
         raise ValueError(f"--data {args.data}: no records read")
-    model = load_pretrained(args.model, dtype=resolve_dtype(args.dtype), device=args.device)
+    model = load_pretrained(args.model, dtype=dtype_from_name(args.dtype), device=args.device)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"--tokenizer {tok.path} has {tok.vocab_size} tokens but the model {args.model} "
                          f"has {model.config.vocab_size} embedding rows: not this model's tokenizer")
     metrics = evaluate(model, tok, records, style=args.style, template=args.template,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                       out_dir=args.out, autocast_dtype=resolve_dtype(args.autocast),
+                       out_dir=args.out, autocast_dtype=dtype_from_name(args.autocast),
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                        pack_weights=not args.no_pack)
     print(json.dumps(metrics, indent=1))

@@ -11,8 +11,7 @@ import json
 import os
 import time
 
-import torch
-
+from atomic_io import atomic_write
 from eval.answers import ANSWER_CLOSE, extract, is_correct
 from eval.generate import generate
 from eval.metrics import format_ok, mean_ci, summarise
@@ -122,23 +121,7 @@ def _interval(ci):
 def write_results(out_dir, metrics, predictions):
     """metrics.json and predictions.jsonl, each written to a temp file and renamed into place."""
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
-    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
-    _atomic_write(os.path.join(out_dir, "predictions.jsonl"), lines)
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def resolve_dtype(name):
-    """'auto' -> None (the checkpoint's dtype), else a torch dtype from its name."""
-    if name in (None, "auto"):
-        return None
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return dtype
+    with atomic_write(os.path.join(out_dir, "metrics.json")) as f:
+        f.write(json.dumps(metrics, indent=1) + "\n")
+    with atomic_write(os.path.join(out_dir, "predictions.jsonl")) as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from atomic_io import fsync_dir
 from model.config import ModelConfig
 from model.decoder import Decoder
 from model.safetensors_io import CheckpointError, read_header, read_into, write_file
@@ -160,14 +161,6 @@ def _parse_size(size) -> int:
     if not m:
         raise ValueError(f"max_shard_size: {size!r} is not a size like 5GB or an int of bytes")
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_pretrained(model: Decoder, path, tokenizer_dir=None, max_shard_size="5GB"):

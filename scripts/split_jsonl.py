@@ -19,6 +19,9 @@ import zlib
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file from anywhere
+from atomic_io import atomic_write  # noqa: E402
+
 
 def raw_lines(path):
     """(line number, text) of every line; a truncated .gz or a line that is not UTF-8 stops with
@@ -65,10 +68,9 @@ def read_groups(path):
 
 
 def write_lines(path, lines):
-    tmp = f"{path}.tmp"
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) if path.endswith(".gz") else open(tmp, "w", encoding="utf-8") as f:
+    gz = dict(opener=gzip.open, mode="wt", compresslevel=6) if path.endswith(".gz") else {}
+    with atomic_write(path, **gz) as f:  # a half-written split is never read
         f.writelines(lines)
-    os.replace(tmp, path)  # atomic: a half-written split is never read
 
 
 def split(path, out_dir, test_size, seed=0, suffix=".jsonl.gz", overwrite=False):

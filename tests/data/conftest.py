@@ -4,21 +4,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data import load_tokenizer
-from data.synthetic import build_task
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
           "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
-@pytest.fixture(scope="session")
-def task(tmp_path_factory):
-    return build_task(str(tmp_path_factory.mktemp("synthetic")), n_train=64, n_test=16, seed=0)
-
-
-@pytest.fixture(scope="session")
-def syn_tok(task):
-    return load_tokenizer(task["tokenizer"])
 
 
 def write_bytelevel_tokenizer(path, chat_template=CHATML):

@@ -15,6 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from training import TrainError
+from training.distributed import Dist, setup_distributed
+from training.step_log import JsonlLog
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/train's TINY model with tied embeddings (the loss reads the embedding shard FSDP gathers),
@@ -68,7 +71,7 @@ def children(pid):
 
 
 def log(out):
-    return train.JsonlLog(Path(out) / "log.jsonl").records()
+    return JsonlLog(Path(out) / "log.jsonl").records()
 
 
 def train_records(out):
@@ -134,16 +137,16 @@ def test_killed_ddp_run_resumes_with_two_ranks_or_one(runs, tmp_path):
 
 def test_launch_errors_name_the_setting(tmp_path, monkeypatch):
     cfg = train.parse_args(argv(tmp_path / "x", batch_size=6))
-    with pytest.raises(train.TrainError, match=r"batch_size 6 is not a multiple of micro_batch_size 2 x 2 rank"):
-        train.run_stage(1, cfg, None, None, None, None, None, torch.device("cpu"), None, dist=train.Dist(0, 2))
+    with pytest.raises(TrainError, match=r"batch_size 6 is not a multiple of micro_batch_size 2 x 2 rank"):
+        train.run_stage(1, cfg, None, None, None, None, None, torch.device("cpu"), None, dist=Dist(0, 2))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(train.TrainError, match="2 processes but parallel = 'none'"):
-        train.setup_distributed(cfg)
+    with pytest.raises(TrainError, match="2 processes but parallel = 'none'"):
+        setup_distributed(cfg)
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK", raising=False)
     cfg.parallel = "fsdp"
-    with pytest.raises(train.TrainError, match="launch with torchrun"):
-        train.setup_distributed(cfg)
+    with pytest.raises(TrainError, match="launch with torchrun"):
+        setup_distributed(cfg)
     cfg.cpu_offload = True
-    with pytest.raises(train.TrainError, match="cpu_offload = true needs --parallel fsdp on CUDA"):
-        train.setup_distributed(cfg)
+    with pytest.raises(TrainError, match="cpu_offload = true needs --parallel fsdp on CUDA"):
+        setup_distributed(cfg)

@@ -67,7 +67,7 @@ def test_cli_failure_is_one_line(case, setup, tmp_path, monkeypatch):
         out.mkdir()
         (out / "metrics.json").write_text("{}")
     elif case == "disk_full_while_writing":
-        monkeypatch.setattr(evaluate_module, "_atomic_write", fail(OSError(errno.ENOSPC, "No space left on device")))
+        monkeypatch.setattr(evaluate_module, "atomic_write", fail(OSError(errno.ENOSPC, "No space left on device")))
     argv = ["--model", str(model), "--tokenizer", task["tokenizer"], "--data", task["test"],
             "--out", str(out), "--max-new-tokens", "4", *extra]
     with pytest.raises(SystemExit) as raised:

@@ -4,19 +4,8 @@ import pytest
 import torch
 
 from data import Record, load_tokenizer
-from data.synthetic import build_task
 from eval import evaluate
 from eval.__main__ import main
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return build_task(str(tmp_path_factory.mktemp("task")), n_train=8, n_test=6, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tok(task):
-    return load_tokenizer(task["tokenizer"])
 
 
 class ScriptedModel(torch.nn.Module):
@@ -69,9 +58,9 @@ def scripted(tok, responses, eos_after=True):
     return records, ScriptedModel(scripts, tok.vocab_size, tok.eos_id)
 
 
-def test_tagged_pipeline_judges_each_output(tok, tmp_path):
-    records, model = scripted(tok, RESPONSES)
-    metrics = evaluate(model, tok, records, style="tagged", max_new_tokens=64, batch_size=3,
+def test_tagged_pipeline_judges_each_output(syn_tok, tmp_path):
+    records, model = scripted(syn_tok, RESPONSES)
+    metrics = evaluate(model, syn_tok, records, style="tagged", max_new_tokens=64, batch_size=3,
                        out_dir=tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r3", "r4"]
@@ -88,26 +77,26 @@ def test_tagged_pipeline_judges_each_output(tok, tmp_path):
     assert metrics["n"] == 5 and metrics["no_answer"] == pytest.approx(0.2)
 
 
-def test_plain_pipeline_reads_the_answer_phrase(tok):
-    records, model = scripted(tok, RESPONSES[2:3] + [
+def test_plain_pipeline_reads_the_answer_phrase(syn_tok):
+    records, model = scripted(syn_tok, RESPONSES[2:3] + [
         ("What is 2 + 2?", "4", "2 + 2 = 4\nThe answer is 4"),
         ("What is 9 + 9?", "18", "9 + 9 = 17")])
-    metrics = evaluate(model, tok, records, style="plain", max_new_tokens=64)
+    metrics = evaluate(model, syn_tok, records, style="plain", max_new_tokens=64)
     assert metrics["acc"] == pytest.approx(2 / 3)
     assert metrics["fmt"] == 0.0
 
 
-def test_max_new_tokens_truncates(tok):
-    records, model = scripted(tok, RESPONSES[:1], eos_after=False)
-    metrics = evaluate(model, tok, records, style="tagged", max_new_tokens=5)
+def test_max_new_tokens_truncates(syn_tok):
+    records, model = scripted(syn_tok, RESPONSES[:1], eos_after=False)
+    metrics = evaluate(model, syn_tok, records, style="tagged", max_new_tokens=5)
     assert metrics["hit_max_new_tokens"] == 1.0 and metrics["acc"] == 0.0
 
 
-def test_cli_runs_a_real_decoder_and_names_bad_paths(task, tok, tmp_path, capsys):
+def test_cli_runs_a_real_decoder_and_names_bad_paths(task, syn_tok, tmp_path, capsys):
     from model import Decoder, ModelConfig, save_pretrained
-    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+    config = ModelConfig(vocab_size=syn_tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
                          num_kv_heads=1, head_dim=16, intermediate_size=64,
-                         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+                         eos_token_id=syn_tok.eos_id, pad_token_id=syn_tok.pad_id)
     decoder = Decoder(config)
     decoder.init_weights(0)
     save_pretrained(decoder, tmp_path / "ckpt", tokenizer_dir=task["tokenizer"])
@@ -124,9 +113,9 @@ def test_cli_runs_a_real_decoder_and_names_bad_paths(task, tok, tmp_path, capsys
               "--out", str(out)])
 
 
-def test_bad_style_is_named(tok):
+def test_bad_style_is_named(syn_tok):
     with pytest.raises(ValueError, match="style"):
-        evaluate(None, tok, [], style="tag")
+        evaluate(None, syn_tok, [], style="tag")
 
 
 def test_tags_registered_as_special_tokens_survive_decoding(task):

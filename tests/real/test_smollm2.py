@@ -69,7 +69,7 @@ def test_split_is_disjoint_and_keeps_the_format(run, tmp_path):
 
 
 def test_both_stages_train_and_evaluate(run):
-    import train
+    from training.step_log import JsonlLog
 
     out, results = run
     for stage in ("stage1", "stage2"):
@@ -78,7 +78,7 @@ def test_both_stages_train_and_evaluate(run):
         assert m["score"] == pytest.approx(0.7 * m["acc"] + 0.3 * m["fmt"])
         assert (out / stage / "final" / "model.safetensors").exists()
         assert (out / stage / "eval" / "predictions.jsonl").exists()
-    log = train.JsonlLog(out / "log.jsonl").records()
+    log = JsonlLog(out / "log.jsonl").records()
     steps = [(r["stage"], r["step"]) for r in log if r["type"] == "train"]
     assert steps == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for r in log:

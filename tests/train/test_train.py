@@ -1,5 +1,6 @@
 """train.py: the default run end to end (test-sized), exact accumulation, Key-only stage 2,
 kill-and-resume equality, interrupted checkpoint writes, the NaN guard."""
+import functools
 import json
 import os
 import signal
@@ -15,6 +16,9 @@ from safetensors.torch import load_file
 import train
 from data import collate
 from data.roles import COT, KEY
+from training import TrainError, checkpoint
+from training.distributed import LossRoot
+from training.step_log import JsonlLog
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -36,7 +40,7 @@ def final_weights(out, stage):
 
 
 def train_losses(out):
-    return [(r["stage"], r["step"], r["loss"]) for r in train.JsonlLog(Path(out) / "log.jsonl").records()
+    return [(r["stage"], r["step"], r["loss"]) for r in JsonlLog(Path(out) / "log.jsonl").records()
             if r["type"] == "train"]
 
 
@@ -48,7 +52,7 @@ def test_default_config_end_to_end(tmp_path):
         assert (tmp_path / "run" / stage / "eval" / "predictions.jsonl").exists()
         state = json.loads((tmp_path / "run" / stage / "final" / "train_state" / "state.json").read_text())
         assert state["done"] and state["config"]["stage2"]["weights"] == [0.0, 0.0, 1.0]
-    log = train.JsonlLog(tmp_path / "run" / "log.jsonl").records()
+    log = JsonlLog(tmp_path / "run" / "log.jsonl").records()
     steps = [(r["stage"], r["step"]) for r in log if r["type"] == "train"]
     assert steps == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3)]
     stage2 = [r for r in log if r["type"] == "train" and r["stage"] == 2]
@@ -65,12 +69,16 @@ def setup_model(tmp_path, **overrides):
     return cfg, tok, ds, model
 
 
+def loss_root(cfg, model, select_rows=True):
+    """The module train.py's step calls, on one process in fp32."""
+    return LossRoot(model, functools.partial(train.sftkey_loss, select_rows=select_rows, compile=cfg.compile_loss))
+
+
 def one_step(cfg, model, micro, weights, sc=None):
     sc = sc or cfg.stage1
     model.zero_grad(set_to_none=True)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.accumulate_gradients(model, model, micro, torch.tensor(weights + [0.0]), sc, cfg,
-                               torch.device("cpu"), torch.autocast("cpu", enabled=False), scaler, "test")
+    train.accumulate_gradients(loss_root(cfg, model), micro, torch.tensor(weights + [0.0]), sc, scaler, "test")
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
@@ -111,11 +119,10 @@ def test_selecting_the_weighted_rows_gives_the_full_forwards_gradients(tmp_path,
     micro = [collate(ds, list(range(6)), tok.pad_id)]
     grads = {}
     for select in (True, False):
-        head = train.LossHead(model, torch.autocast("cpu", enabled=False), torch.device("cpu"), select)
         model.zero_grad(set_to_none=True)
         loss, role_sum, role_count, _ = train.accumulate_gradients(
-            head, model, micro, torch.tensor(weights + [0.0]), cfg.stage1, cfg, torch.device("cpu"),
-            torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), "test")
+            loss_root(cfg, model, select), micro, torch.tensor(weights + [0.0]), cfg.stage1,
+            torch.amp.GradScaler("cpu", enabled=False), "test")
         grads[select] = (loss, role_sum, role_count, {n: p.grad.clone() for n, p in model.named_parameters()})
     (loss_a, sum_a, count_a, a), (loss_b, sum_b, count_b, b) = grads[True], grads[False]
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
@@ -164,20 +171,20 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch):
     settings = {"ckpt_every": 1, "eval": "false"}
     train.main(argv(tmp_path / "straight", **settings))
-    real = train.write_json
+    real = checkpoint.write_json
 
     def crash_at_step3(path, obj):
         if Path(path).name == "state.json" and obj.get("stage") == 1 and obj.get("step") == 3:
             raise KeyboardInterrupt("simulated kill while writing the step-3 checkpoint")
         real(path, obj)
 
-    monkeypatch.setattr(train, "write_json", crash_at_step3)
+    monkeypatch.setattr(checkpoint, "write_json", crash_at_step3)
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         train.main(argv(out, **settings))
     assert (out / "stage1" / ".tmp-step_000003").exists()
     assert sorted(p.name for p in (out / "stage1").glob("step_*")) == ["step_000001", "step_000002"]
-    monkeypatch.setattr(train, "write_json", real)
+    monkeypatch.setattr(checkpoint, "write_json", real)
     train.main(["--out", str(out), "--resume"])
     assert not list(out.glob("stage1/.tmp-*"))
     assert train_losses(out) == train_losses(tmp_path / "straight")
@@ -196,7 +203,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(train, "weighted_linear_cross_entropy", nan_on_third_step)
     out = tmp_path / "nan"
-    with pytest.raises(train.TrainError, match="stage 1 step 3: loss is nan"):
+    with pytest.raises(TrainError, match="stage 1 step 3: loss is nan"):
         train.main(argv(out, ckpt_every=1, val_every=0))
     checkpoint = out / "stage1" / "step_000002"
     assert json.loads((checkpoint / "train_state" / "state.json").read_text())["step"] == 2
@@ -204,15 +211,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
 
 
 def test_bad_config_names_the_field(tmp_path):
-    with pytest.raises(train.TrainError, match="unknown field 'lrr'"):
+    with pytest.raises(TrainError, match="unknown field 'lrr'"):
         train.parse_args(["--set", "stage1.lrr=1"])
-    with pytest.raises(train.TrainError, match="expected float"):
+    with pytest.raises(TrainError, match="expected float"):
         train.parse_args(["--set", "stage1.lr=fast"])
-    with pytest.raises(train.TrainError, match="--stage 2 needs --init"):
+    with pytest.raises(TrainError, match="--stage 2 needs --init"):
         train.parse_args(["--stage", "2"])
     bad = tmp_path / "bad.toml"
     bad.write_text("seed = 1\n[stage1]\nwarmpu = 3\n")
-    with pytest.raises(train.TrainError, match="unknown field 'warmpu'"):
+    with pytest.raises(TrainError, match="unknown field 'warmpu'"):
         train.parse_args(["--config", str(bad)])
 
 
@@ -267,5 +274,5 @@ def test_a_tokenizer_larger_than_the_model_is_an_error_not_a_resize(tmp_path):
     weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:-10].clone()
     from safetensors.torch import save_file
     save_file(weights, cut / "model.safetensors")
-    with pytest.raises(train.TrainError, match="not this model's tokenizer"):
+    with pytest.raises(TrainError, match="not this model's tokenizer"):
         train.main(argv(tmp_path / "run", stage=2, init=str(cut)))
