@@ -68,7 +68,7 @@ def main(argv=None):
                                report=report)
         ds = build_dataset(records, tok, style=args.style, template=args.template,
                            max_len=args.max_len, truncate_mode=args.truncate)
-    except (DataError, ValueError, HubError) as e:
+    except (DataError, ValueError, HubError, OSError) as e:  # DataError names file, line and field
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

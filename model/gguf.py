@@ -304,12 +304,14 @@ def convert(src, out_dir, dtype="auto", overwrite=False):
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such GGUF file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GGUFError(f"{out_dir}: is a file; the output must be a folder (a new or empty one)")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: exists and is not empty; pass overwrite=True (--overwrite)")
     try:
         reader = gguf.GGUFReader(src)
-    except (ValueError, OSError) as error:
-        raise GGUFError(f"{src}: not a readable GGUF file ({error})") from error
+    except Exception as error:  # a truncated or foreign file fails anywhere inside gguf/numpy parsing
+        raise GGUFError(f"{src}: not a readable GGUF file ({type(error).__name__}: {error})") from error
     meta = read_metadata(reader)
     if dtype == "auto":
         torch_dtype = natural_dtype(reader)
@@ -369,8 +371,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         out = convert(args.src, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)
-    except (GGUFError, FileExistsError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (GGUFError, ImportError, OSError) as error:  # OSError: missing source, disk full, read-only
+        unnamed = isinstance(error, OSError) and not error.filename  # a failed write names no file
+        print(f"error: {args.out_dir + ': ' if unnamed else ''}{error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

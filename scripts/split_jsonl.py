@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 
@@ -22,8 +23,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from atomic_io import atomic_write  # noqa: E402
 
 
-def open_text(path, mode="rt"):
-    return gzip.open(path, mode, encoding="utf-8") if str(path).endswith(".gz") else open(path, mode, encoding="utf-8")
+def raw_lines(path):
+    """(line number, text) of every line; a truncated .gz or a line that is not UTF-8 stops with
+    the file (and line) named."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    line_no = 0
+    try:
+        with opener(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SystemExit(f"{path}:{line_no}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                                     f"{e.start + 1}); convert the file to UTF-8") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise SystemExit(f"{path}: unreadable after line {line_no} ({e}); the file is truncated or not "
+                         "gzip: download it again") from None
 
 
 def group_key(row, line_no):
@@ -39,15 +54,14 @@ def group_key(row, line_no):
 def read_groups(path):
     """Ordered {key: [raw line, ...]} of the non-empty lines; bad JSON names file and line."""
     groups = {}
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})")
-            groups.setdefault(group_key(row, line_no), []).append(line.rstrip("\n") + "\n")
+    for line_no, line in raw_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})")
+        groups.setdefault(group_key(row, line_no), []).append(line.rstrip("\n") + "\n")
     if not groups:
         raise SystemExit(f"{path}: no rows")
     return groups
@@ -59,10 +73,12 @@ def write_lines(path, lines):
         f.writelines(lines)
 
 
-def split(path, out_dir, test_size, seed=0, suffix=".jsonl.gz"):
+def split(path, out_dir, test_size, seed=0, suffix=".jsonl.gz", overwrite=False):
     """Writes out_dir/train{suffix} and out_dir/test{suffix}; returns (n_train, n_test) groups.
 
     The test side is a seeded random subset of groups; both files keep the input's row order.
+    An existing output with other rows (another file, --seed or --test-size: runs may have been
+    trained on it) is only replaced with overwrite; one with the same rows is left as it is.
     """
     groups = read_groups(path)
     keys = list(groups)
@@ -70,11 +86,16 @@ def split(path, out_dir, test_size, seed=0, suffix=".jsonl.gz"):
         raise SystemExit(f"--test-size {test_size}: must be between 1 and {len(keys) - 1} "
                          f"({path} has {len(keys)} docs)")
     chosen = set(np.random.default_rng(seed).permutation(len(keys))[:test_size].tolist())
-    os.makedirs(out_dir, exist_ok=True)
     train = [line for i, k in enumerate(keys) if i not in chosen for line in groups[k]]
     test = [line for i, k in enumerate(keys) if i in chosen for line in groups[k]]
-    write_lines(os.path.join(out_dir, f"train{suffix}"), train)
-    write_lines(os.path.join(out_dir, f"test{suffix}"), test)
+    outputs = {os.path.join(out_dir, f"train{suffix}"): train, os.path.join(out_dir, f"test{suffix}"): test}
+    for out, lines in outputs.items():
+        if os.path.exists(out) and not overwrite and [x for _, x in raw_lines(out)] != lines:
+            raise SystemExit(f"{out}: exists with other rows (made from another file, --seed or "
+                             "--test-size); pass --overwrite to replace it or choose another --out")
+    os.makedirs(out_dir, exist_ok=True)
+    for out, lines in outputs.items():
+        write_lines(out, lines)
     return len(keys) - test_size, test_size
 
 
@@ -86,10 +107,16 @@ def main(argv=None):
                    "leaving 1,000 of GSM8K's 1,319 for training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--suffix", default=".jsonl.gz", help=".jsonl.gz (default) or .jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that hold another split")
     args = p.parse_args(argv)
     if not os.path.isfile(args.src):
         sys.exit(f"{args.src}: no such file (run bash scripts/fetch_real.sh first)")
-    n_train, n_test = split(args.src, args.out, args.test_size, args.seed, args.suffix)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        sys.exit(f"--out {args.out}: is a file; pass a folder for the train and test files")
+    try:
+        n_train, n_test = split(args.src, args.out, args.test_size, args.seed, args.suffix, args.overwrite)
+    except OSError as e:  # --out under a file, disk full, read-only
+        sys.exit(f"{'' if e.filename else args.out + ': '}{e}")
     print(f"{args.src}: {n_train} train + {n_test} test docs -> "
           f"{os.path.join(args.out, 'train' + args.suffix)}, {os.path.join(args.out, 'test' + args.suffix)}")
 

@@ -326,3 +326,36 @@ def test_load_pretrained_matches_transformers(case, request):
     reference = transformers_from_dir(out)
     with torch.no_grad():
         torch.testing.assert_close(ours(INPUT_IDS), reference(INPUT_IDS).logits, rtol=1e-4, atol=1e-4)
+
+
+def unwritable(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+@pytest.mark.parametrize("case", ["truncated_200_bytes", "out_is_a_file", "disk_full", "read_only"])
+def test_cli_failures_are_one_line_naming_the_file(case, quantized, tmp_path, capsys, monkeypatch):
+    import model.gguf
+    import errno
+    src, out = quantized[0], tmp_path / "out"
+    expected = str(out)
+    if case == "truncated_200_bytes":
+        src = tmp_path / "cut.gguf"
+        src.write_bytes(quantized[0].read_bytes()[:200])
+        expected = f"{src}: not a readable GGUF file"
+    elif case == "out_is_a_file":
+        out.write_text("keep me")
+        expected = f"{out}: is a file"
+    elif case == "disk_full":
+        monkeypatch.setattr(model.gguf, "save_file", unwritable(OSError(errno.ENOSPC, "No space left on device")))
+        expected = f"{out}: [Errno {errno.ENOSPC}] No space left on device"
+    else:
+        monkeypatch.setattr(model.gguf.tempfile, "mkdtemp", unwritable(
+            OSError(errno.EROFS, "Read-only file system", str(tmp_path))))
+        expected = f"Read-only file system: '{tmp_path}'"
+    assert main([str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert case == "out_is_a_file" and out.read_text() == "keep me" or not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left
