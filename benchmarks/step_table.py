@@ -71,31 +71,38 @@ class Results:
 
 
 def speed_rows(mode, ours, hf, batch, weights, args, device, results):
-    opt_ours, opt_hf = make_optimizer(ours), make_optimizer(hf)
-    run_ours = lambda: ours_step(ours, ours, opt_ours, batch, weights, "bf16", True, True, True)
-    run_hf = lambda: hf_step(hf, hf, opt_hf, batch, "bf16")
-    started = time.perf_counter()
-    for _ in range(args.warmup):  # compiles in compiled mode; creates the AdamW state
-        loss_ours, loss_hf = run_ours(), run_hf()
-    warmup_s = time.perf_counter() - started
-    peak_ours, peak_hf = measure_peak(run_ours, device), measure_peak(run_hf, device)
-    times = {"ours": [], "transformers": []}
+    """Both sides in alternating pairs; a side whose warm-up (compilation) fails is recorded with
+    its error and left out, so the other side's row is still measured."""
+    sides = {"ours": (ours, make_optimizer(ours)), "transformers": (hf, make_optimizer(hf))}
+    runs = {"ours": lambda: ours_step(ours, ours, sides["ours"][1], batch, weights, "bf16", True, True, True),
+            "transformers": lambda: hf_step(hf, hf, sides["transformers"][1], batch, "bf16")}
+    losses, warmup_s = {}, {}
+    for name in list(runs):
+        started = time.perf_counter()
+        try:
+            for _ in range(args.warmup):  # compiles in compiled mode; creates the AdamW state
+                losses[name] = runs[name]()
+        except Exception as e:  # noqa: BLE001 (recorded, and the other side still runs)
+            results.add("speed", dict(mode=mode, side=name, error=f"{type(e).__name__}: {e}"[:2000]))
+            del runs[name]
+        warmup_s[name] = time.perf_counter() - started
+    peaks = {name: measure_peak(run, device) for name, run in runs.items()}
+    times = {name: [] for name in runs}
+    order = list(runs.items())
     for pair in range(args.pairs):
-        order = [("ours", run_ours), ("transformers", run_hf)]
         for name, run in order if pair % 2 == 0 else order[::-1]:
             times[name].append(timed(run, device)[0])
     rate = matmul_rate("bf16", device)
     tokens, flops = args.batch * args.seq, ours.flops_per_token(args.seq)
-    for name, model, optimizer, peak, loss in (("ours", ours, opt_ours, peak_ours, loss_ours),
-                                               ("transformers", hf, opt_hf, peak_hf, loss_hf)):
-        step_s = statistics.median(times[name])
+    for name in runs:
+        model, optimizer = sides[name]
+        step_s, peak = statistics.median(times[name]), peaks[name]
         total = None if peak is None else peak + state_bytes(model, optimizer)
         results.add("speed", dict(mode=mode, side=name, step_s=step_s, steps=times[name],
                                   tokens_per_s=tokens / step_s, mfu=flops * tokens / step_s / rate,
                                   matmul_tflops=rate / 1e12, step_peak_gb=None if peak is None else peak / 2**30,
-                                  peak_gb=None if total is None else total / 2**30, loss=loss,
-                                  warmup_s=warmup_s))
-    del opt_ours, opt_hf
+                                  peak_gb=None if total is None else total / 2**30, loss=losses[name],
+                                  warmup_s=warmup_s[name]))
 
 
 def stage_rows(mode, ours, batch, args, device, results):
@@ -133,7 +140,11 @@ def markdown(data):
         by_mode.setdefault(row["mode"], {})[row["side"]] = row
     for mode, sides in by_mode.items():
         theirs = sides.get("transformers")
+        theirs = None if theirs is None or "error" in theirs else theirs
         for side, row in sides.items():
+            if "error" in row:
+                lines.append(f"| {mode} | {side} | failed: {row['error'][:200]} |" + " |" * 6)
+                continue
             speed = f"{row['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if theirs else "-"
             memory = (f"{row['peak_gb'] / theirs['peak_gb']:.2f}x"
                       if theirs and row["peak_gb"] is not None else "-")
@@ -142,10 +153,14 @@ def markdown(data):
                          f"{100 * row['mfu']:.1f}% of {row['matmul_tflops']:.3g} TFLOP/s | {speed} | "
                          f"{peak} | {memory} | {row['loss']:.4f} |")
     if data["stages"]:
-        lines += ["", f"Stage 2 (Key tokens only, {data['stages'][0]['key_tokens']} of "
+        keys = next((row["key_tokens"] for row in data["stages"] if "key_tokens" in row), "?")
+        lines += ["", f"Stage 2 (Key tokens only, {keys} of "
                   f"{data['batch'] * data['seq']}) vs stage 1 (every target), ours:", "",
                   "| mode | last layer | stage 1 s | stage 2 s | stage 2 / stage 1 |", "|---|---|---|---|---|"]
         for row in data["stages"]:
+            if "error" in row:
+                lines.append(f"| {row['mode']} | failed: {row['error'][:200]} | | | |")
+                continue
             lines.append(f"| {row['mode']} | {'selected rows' if row['selection'] == 'rows' else 'every position'} | "
                          f"{row['stage1_s']:.3f} | {row['stage2_s']:.3f} | {row['ratio']:.2f}x |")
     return "\n".join(lines)
@@ -192,7 +207,10 @@ def main():
             sys.exit(f"--modes: unknown mode {mode!r}; use eager, compiled")
         speed_rows(mode, ours, hf, batch, weights, args, device, results)
         if not args.no_stages:
-            stage_rows(mode, ours, batch, args, device, results)
+            try:
+                stage_rows(mode, ours, batch, args, device, results)
+            except Exception as e:  # noqa: BLE001 (recorded; the next mode still runs)
+                results.add("stages", dict(mode=mode, error=f"{type(e).__name__}: {e}"[:2000]))
     print("\n" + markdown(results.data), flush=True)
 
 
