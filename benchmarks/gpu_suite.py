@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 LIMITS = {"tests": 90, "train": 75, "step": 100, "loss": 35, "generate": 20, "fsdp": 25}
 SMOKE_SCALE = 12  # CPU limits: the CUDA ones times this
 TRAIN_SETS = ["compile=true", "stage1.max_steps=120", "stage2.max_steps=40", "val_every=40"]
+SMOKE_DATA_SETS = ["synthetic.n_train=400", "synthetic.n_test=16"]
 SMOKE_TRAIN_SETS = ["compile=true", "stage1.max_steps=4", "stage2.max_steps=2", "val_every=0",
-                    "synthetic.n_train=400", "synthetic.n_test=16", "eval_max_new_tokens=24"]
+                    "eval_max_new_tokens=24"] + SMOKE_DATA_SETS
 FSDP_SETS = ["stage1.max_steps=4", "stage2.max_steps=2", "val_every=0", "limit_eval=16",
              "eval_max_new_tokens=24"]
 
@@ -56,7 +57,7 @@ def section_commands(args, tmp):
             ["--tokens", "16384", "--hidden", "896", "--vocab", "151936", "--repeats", "3"])
     generate = (["--layers", "2", "--batches", "4", "--new", "4", "--repeats", "1"] if smoke else
                 ["--batches", "64", "--new", "32", "--repeats", "3"])
-    fsdp_sets = FSDP_SETS + (SMOKE_TRAIN_SETS[4:6] if smoke else [])
+    fsdp_sets = FSDP_SETS + (SMOKE_DATA_SETS if smoke else [])
     sets = lambda items: [a for item in items for a in ("--set", item)]
     return {
         "tests": ([py, "-m", "pytest", "-v", "-rfE", "--durations=15", "tests/device"],
