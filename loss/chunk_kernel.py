@@ -38,6 +38,10 @@ def chunk_loss_and_grad_(logits, targets, token_weights, z_loss: float, dft: boo
 
 
 _compiled = None
+# Each (logits dtype, dft, z_loss value, chunk of one row) is a graph of its own; a process that
+# tests several of them passes dynamo's default limit of 8 graphs per function, which fails hard
+# under fullgraph=True. A training run uses one or two of them.
+_RECOMPILE_LIMIT = 64
 
 
 def get_chunk_kernel(compile: bool):
@@ -46,6 +50,11 @@ def get_chunk_kernel(compile: bool):
     if not compile:
         return chunk_loss_and_grad_
     if _compiled is None:
-        # dynamic=True: one graph serves every chunk length and vocab size (no recompiles)
-        _compiled = torch.compile(chunk_loss_and_grad_, fullgraph=True, dynamic=True)
+        # dynamic=True: one graph serves every chunk length and vocab size
+        compiled = torch.compile(chunk_loss_and_grad_, fullgraph=True, dynamic=True)
+
+        def kernel(*args):
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return compiled(*args)
+        _compiled = kernel
     return _compiled
