@@ -3,6 +3,7 @@ directory holds another config; executed one after another in this process, or s
 as `python train.py` subprocesses (--jobs), each as soon as the runs it depends on have finished."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,6 +68,14 @@ def todo(run):
     return argv + (["--resume"] if started else [])
 
 
+def subprocess_env(parallel):
+    """The environment of each train.py subprocess: the CPU cores split between the parallel runs
+    (OpenMP threads of runs sharing a core wait on each other), unless OMP_NUM_THREADS is set."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+    return env
+
+
 def execute(jobs, parallel=1, poll_s=0.2):
     """Runs every job after its dependencies; returns {key: run directory}. jobs: {key: Job}, in the
     order to start them. parallel 1: train.main in this process; more: that many train.py
@@ -92,7 +101,7 @@ def execute(jobs, parallel=1, poll_s=0.2):
             Path(run.directory).mkdir(parents=True, exist_ok=True)
             output = open(Path(run.directory) / "train.out", "w")
             process = subprocess.Popen([sys.executable, str(TRAIN_PY)] + argv, stdout=output,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, env=subprocess_env(parallel))
             running[key] = (process, output, run)
         if not running:
             if pending and not ready:

@@ -176,3 +176,14 @@ def test_run_queue_orders_by_dependency_and_names_a_failed_run(tmp_path):
     bad = Run(tmp_path / "bad", ["--config", "configs/demo.toml", "--set", "stage1.nope=1"], 1, "bad run")
     with pytest.raises(ablation.AblationError, match=r"(?s)bad run: train.py exited with 1.*unknown field 'nope'"):
         execute({"x": Job(lambda done: bad)}, parallel=2)
+
+
+def test_parallel_runs_split_the_cores_unless_the_user_set_threads(monkeypatch):
+    from eval.run_queue import subprocess_env
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert subprocess_env(2)["OMP_NUM_THREADS"] == "8"
+    assert subprocess_env(3)["OMP_NUM_THREADS"] == "5"
+    assert subprocess_env(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert subprocess_env(2)["OMP_NUM_THREADS"] == "4"
