@@ -99,7 +99,10 @@ def plot(run_dirs, out):
         if names != ("lr",) and any(line.get_ydata().min() > 0 for line in ax.lines if len(line.get_ydata())):
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 2, 3, 4, not 2 x 10^0
-            ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+            low, high = ax.get_ylim()
+            # labels on the minor ticks (2, 3, 4, ...) only where the axis spans under two decades
+            ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g") if high / low < 100
+                                         else ticker.NullFormatter())
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
