@@ -38,10 +38,11 @@ def test_selected_rows_match_the_full_forward(hf_checkpoint, case, segmented):
     full, full_grads = outputs_and_grads(model, None, segments)
     selected, grads = outputs_and_grads(model, ROWS, segments)
     assert selected.shape == (len(ROWS), model.config.vocab_size)
-    # the same arithmetic on the same values, in matmuls of other shapes (rounding may differ)
-    assert_close(selected, full, rtol=1e-5, atol=1e-5)
+    # the same arithmetic on the same values, in matmuls of other shapes: fp32 rounding differs
+    # with the shapes and the thread count (3e-5 seen on one thread); a drifted path is off by far more
+    assert_close(selected, full, rtol=1e-4, atol=1e-4)
     for name, grad in full_grads.items():
-        assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{case} {name}: {m}")
+        assert_close(grads[name], grad, rtol=1e-4, atol=1e-4, msg=lambda m: f"{case} {name}: {m}")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
