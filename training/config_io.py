@@ -2,6 +2,7 @@
 train.py, command-line flags and `--set key=value` overrides on top, every field checked
 (config_check); a resumed run starts from its own saved config and refuses any change to it that
 changes results."""
+import copy
 import dataclasses
 import json
 import tomllib
@@ -90,7 +91,7 @@ def resolve_config(args, cls, default_path):
         except (ValueError, OSError) as e:
             raise TrainError(f"--resume: {e}") from None
     if saved is not None and not args.config:
-        cfg = config_from_dict(saved, cls, where=str(saved_path))
+        cfg = config_from_dict(copy.deepcopy(saved), cls, where=str(saved_path))  # saved stays as read
     else:
         cfg = read_config(args.config or default_path, cls)
     for name in ("stage", "init", "out", "device", "seed"):
