@@ -80,7 +80,8 @@ def resolve_config(args, cls, default_path):
     then the flags, then --set; every field checked. With --resume the run's saved config.json
     takes the file's place unless --config is given, and the result must equal the saved config
     in every field that changes results (RUN_ONLY_FIELDS such as out or parallel may differ)."""
-    out = Path(args.out or (read_config(args.config or default_path, cls).out))
+    set_out = [parse_value(a.split("=", 1)[1].strip()) for a in args.set if a.split("=", 1)[0].strip() == "out"]
+    out = Path(str(set_out[-1]) if set_out else args.out or read_config(args.config or default_path, cls).out)
     saved_path, saved = out / "config.json", None
     if args.resume:
         if not saved_path.is_file():
@@ -94,16 +95,21 @@ def resolve_config(args, cls, default_path):
         cfg = config_from_dict(copy.deepcopy(saved), cls, where=str(saved_path))  # saved stays as read
     else:
         cfg = read_config(args.config or default_path, cls)
+    if saved is None and (cfg.resume or cfg.overwrite):
+        raise TrainError(f"{args.config or default_path}: resume and overwrite are command-line flags "
+                         "(--resume, --overwrite), not config settings")
     for name in ("stage", "init", "out", "device", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    cfg.out = str(out)  # a resumed run may have been moved or copied since
-    cfg.resume = args.resume
-    cfg.overwrite = getattr(args, "overwrite", False)
+    cfg.resume, cfg.overwrite = args.resume, getattr(args, "overwrite", False)
     if args.parallel:
         cfg.parallel = args.parallel
     for assignment in args.set:
         apply_override(cfg, assignment)
+    cfg.out = str(out)  # a resumed run may have been moved or copied since
+    if (cfg.resume, cfg.overwrite) != (args.resume, getattr(args, "overwrite", False)):
+        raise TrainError("--set: resume and overwrite are command-line flags (--resume, --overwrite), "
+                         "not config settings")
     check_config(cfg)
     if cfg.stage == "2" and not cfg.init:
         raise TrainError("--stage 2 needs --init DIR (a stage-1 checkpoint or any HF model dir)")

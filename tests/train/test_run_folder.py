@@ -263,3 +263,17 @@ def test_a_read_only_out_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as raised:
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
     assert str(raised.value) == f"train.py: [Errno 30] Read-only file system: '{tmp_path / 'run' / 'config.json'}'"
+
+
+def test_resume_and_overwrite_are_flags_not_settings(tmp_path):
+    with pytest.raises(TrainError, match="--set: resume and overwrite are command-line flags"):
+        train.parse_args(["--out", str(tmp_path / "run"), "--set", "resume=true"])
+    (tmp_path / "x.toml").write_text("overwrite = true\n" + train.DEFAULT_CONFIG.read_text())
+    with pytest.raises(TrainError, match="x.toml: resume and overwrite are command-line flags"):
+        train.parse_args(["--config", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run")])
+
+
+def test_resume_finds_the_run_named_by_set_out(tmp_path):
+    out = saved_run(tmp_path)
+    cfg = train.parse_args(["--set", f"out='{out}'", "--resume"])
+    assert cfg.out == str(out) and cfg.stage1.max_steps == 2
