@@ -97,7 +97,7 @@ class Config:
     weight_decay: float = 0.1       # paper
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0         # > 0; inf: no clipping
     # device and precision: master weights are fp32, matmuls run under autocast
     device: str = "auto"            # auto | cpu | cuda
     precision: str = "bf16"         # bf16 | fp16 (with a gradient scaler) | fp32
