@@ -45,7 +45,7 @@ from model.precision import autocast_dtype
 from training import TrainError, checkpoint
 from training.config_io import resolve_config
 from training.distributed import Dist, grad_sync, gradient_norm, setup_distributed, wrap_model
-from training.loggers import LoggerError, ViewedLog, open_viewers
+from training.loggers import LoggerError, ViewedLog, check_installed, open_viewers
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -484,6 +484,7 @@ def main(argv=None):
     model = build_model(cfg, tok, device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
+    check_installed(cfg.log)  # the last check before start_out may delete an earlier run
     if dist.main:
         start_out(cfg)
     dist.barrier()
