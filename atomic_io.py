@@ -1,6 +1,6 @@
 """Writes that readers never see half done: a temporary file next to the target, fsynced, then
-renamed over it. Standard library only, so data/, model/, eval/, training/ and scripts/ all import
-it without importing each other."""
+renamed over it (and read_json, whose errors name the file). Standard library only, so data/,
+model/, eval/, training/ and scripts/ all import it without importing each other."""
 import contextlib
 import json
 import os
@@ -41,3 +41,12 @@ def atomic_write(path, mode="w", opener=open, **kwargs):
 def write_json(path, obj):
     with atomic_write(path) as f:
         json.dump(obj, f, indent=1)
+
+
+def read_json(path):
+    """json.load of a file; malformed JSON is a ValueError naming the file, line and column."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -5,9 +5,10 @@ loop, checkpoints, evaluation -> summary table. Config files, the step log, chec
 several processes are handled in training/ (see its __init__).
 
     python train.py                                   # built-in demo (configs/demo.toml)
-    python train.py --config configs/smollm2_gsm8k.toml --set stage1.epochs=1 --set lr_scale=2
+    python train.py --config configs/smollm2_gsm8k.toml --set stage1.epochs=1 --set stage1.lr=2e-4
     python train.py --config X.toml --stage 2 --init runs/x/stage1/final
     python train.py --resume --out runs/demo          # continue a killed run exactly
+    python train.py --overwrite --out runs/demo       # replace the run there (after every check)
     torchrun --nproc_per_node 8 train.py --config X.toml --parallel fsdp   # several GPUs (or ddp)
 
 Any config field can be overridden with `--set key=value` (repeatable; nested fields with dots,
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as td
 from tqdm import tqdm
 
-from atomic_io import write_json
+from atomic_io import read_json, write_json
 from data import BatchSampler, build_dataset, collate, load_records, load_tokenizer
 from data.batches import IGNORE_INDEX
 from data.roles import COT, KEY, NUM_ROLES, ROLE_NAMES
@@ -44,7 +45,7 @@ from model.precision import autocast_dtype
 from training import TrainError, checkpoint
 from training.config_io import resolve_config
 from training.distributed import Dist, grad_sync, gradient_norm, setup_distributed, wrap_model
-from training.loggers import LoggerError, ViewedLog, open_viewers
+from training.loggers import LoggerError, ViewedLog, check_installed, open_viewers
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -71,6 +72,7 @@ class Config:
     stage: str = "both"             # 1 | 2 | both
     init: str = ""                  # HF model dir or hub name (Qwen/Qwen2.5-1.5B); empty: from scratch with [model]
     resume: bool = False
+    overwrite: bool = False         # replace the run in out (a fresh run into an occupied out is refused)
     # data
     data_format: str = "synthetic"  # synthetic, or a data/ source format name (gsm8k, math, ...)
     train_data: str = ""
@@ -95,7 +97,7 @@ class Config:
     weight_decay: float = 0.1       # paper
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0         # > 0; inf: no clipping
     # device and precision: master weights are fp32, matmuls run under autocast
     device: str = "auto"            # auto | cpu | cuda
     precision: str = "bf16"         # bf16 | fp16 (with a gradient scaler) | fp32
@@ -128,6 +130,8 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (deleted only once every check has passed)")
     p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="with torchrun: DDP or FSDP2")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     return resolve_config(p.parse_args(argv), Config, DEFAULT_CONFIG)
@@ -216,10 +220,8 @@ def lr_at(step, total, warmup, sc):
 # counted before any backward) -> backward -> clip -> optimizer step.
 
 def role_weight_tensor(sc, n, device):
-    """Stage n's loss weight per role id: PROMPT, COT, KEY from the config, 0 for the rest (PAD)."""
-    if len(sc.weights) != 3 or min(sc.weights) < 0 or sum(sc.weights[1:]) == 0:
-        raise TrainError(f"stage{n}.weights = {sc.weights}: need 3 non-negative role weights "
-                         "(PROMPT, COT, KEY) with COT or KEY above 0")
+    """Stage n's loss weight per role id: PROMPT, COT, KEY from the config (checked in
+    training/config_check.py), 0 for the rest (PAD)."""
     return torch.tensor(list(sc.weights) + [0.0] * (NUM_ROLES - 3), device=device)
 
 
@@ -274,20 +276,36 @@ def accumulate_gradients(head, micro, role_weights, sc, scaler, where, dist=Dist
         role_sum, role_count = totals[2:2 + NUM_ROLES], totals[2 + NUM_ROLES:]
     loss = loss_total / step_weight.item()
     if not math.isfinite(loss):
-        raise TrainError(f"{where}: loss is {loss}; stopping, the last checkpoint is intact")
+        raise TrainError(f"{where}: loss is {loss}; stopping")
     return loss, role_sum, role_count, tokens
 
 
-def optimizer_step(model, optimizer, scaler, grad_clip, where):
+def optimizer_step(model, optimizer, scaler, grad_clip, where, dist=Dist()):
     """Clip the gradients to grad_clip, step, and clear them; returns the norm before clipping."""
     scaler.unscale_(optimizer)
     grad_norm = gradient_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
-        raise TrainError(f"{where}: gradient norm is {grad_norm}; stopping, the last checkpoint is intact")
+        raise TrainError(f"{where}: gradient norm is {grad_norm}; stopping")
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    check_finite_weights(model, where, dist)
     return grad_norm
+
+
+@torch.no_grad()
+def check_finite_weights(model, where, dist=Dist()):
+    """One pass over the weights after an optimizer step, before they can be saved: raises
+    TrainError naming the first tensor with a NaN or an infinity (FSDP2: each rank counts in its
+    shards, the counts are added up, so every rank stops together)."""
+    params = [(name, p.to_local() if hasattr(p, "to_local") else p) for name, p in model.named_parameters()]
+    counts = dist.sum(torch.stack([(~torch.isfinite(p)).sum() for _, p in params])).cpu()
+    if counts.any():
+        i = int(counts.nonzero()[0])
+        name, p = params[i]
+        raise TrainError(f"{where}: weight {name} is not finite after the optimizer step "
+                         f"({int(counts[i])} non-finite values); stopping before any checkpoint is "
+                         "written from it")
 
 
 @torch.no_grad()
@@ -308,6 +326,14 @@ def validate(head, val, tok, device, cfg, dist=Dist()):
     sums, counts = dist.sum(stats).cpu()
     head.train()
     return {f"val_{ROLE_NAMES[r]}_nll": (sums[r] / counts[r]).item() for r in (COT, KEY) if counts[r] > 0}
+
+
+def checkpoint_note(stage_dir):
+    """Where a stopped stage can be resumed from, for the error message."""
+    last = checkpoint.latest_step_checkpoint(stage_dir)
+    if last is None:
+        return f"{stage_dir} has no checkpoint yet (--resume restarts this stage)"
+    return f"the last checkpoint, {last}, is intact (--resume continues from it)"
 
 
 def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=None, dist=Dist()):
@@ -354,8 +380,12 @@ def run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from=Non
         micro = [collate(train, next(batches), tok.pad_id, packed=cfg.packed, max_len=cfg.max_len)
                  for _ in range(accum)]
         where = f"stage {n} step {step + 1}"
-        loss, role_sum, role_count, tokens = accumulate_gradients(head, micro, role_weights, sc, scaler, where, dist)
-        grad_norm = optimizer_step(model, optimizer, scaler, cfg.grad_clip, where)
+        try:
+            loss, role_sum, role_count, tokens = accumulate_gradients(head, micro, role_weights, sc, scaler,
+                                                                      where, dist)
+            grad_norm = optimizer_step(model, optimizer, scaler, cfg.grad_clip, where, dist)
+        except TrainError as e:
+            raise TrainError(f"{e}; {checkpoint_note(stage_dir)}") from None
         step += 1
         sync(device)
         dt = time.perf_counter() - t0
@@ -394,8 +424,45 @@ def evaluate_stage(n, model, tok, records, cfg, device):
                     autocast_dtype=autocast_dtype(cfg.precision))
 
 
+# what a run writes into its folder: a fresh run refuses a folder holding any of them (--overwrite
+# deletes them once every check has passed); other files there (train.out of eval.ablation) stay
+RUN_OUTPUTS = ("config.json", "log.jsonl", "results.json", "stage1", "stage2", "tensorboard", "wandb",
+               "wandb_run_id")
+
+
+def check_out(cfg):
+    """Before anything is read or written: a fresh run into a folder that holds a run is refused,
+    naming what is there; --overwrite never deletes the run it starts from (--init inside --out)."""
+    out = Path(cfg.out)
+    found = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if cfg.resume or not found:
+        return
+    if not cfg.overwrite:
+        raise TrainError(f"--out {out} holds a run ({', '.join(found)}): continue it with --resume, "
+                         "replace it with --overwrite, or choose another --out")
+    init = Path(cfg.init).resolve() if cfg.init else None
+    if init is not None and init.is_relative_to(out.resolve()):
+        raise TrainError(f"--init {cfg.init} lies inside --out {out}, which --overwrite would delete; "
+                         "choose another --out or copy the model elsewhere first")
+
+
+def start_out(cfg):
+    """Rank 0, once data, tokenizer, init model and config have all been checked: --overwrite
+    deletes the earlier run, a fresh run writes config.json, a resumed one clears what a kill left."""
+    out = Path(cfg.out)
+    if cfg.overwrite:
+        for name in RUN_OUTPUTS:
+            old = out / name
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+    checkpoint.remove_interrupted_writes(out)
+
+
 def main(argv=None):
     cfg = parse_args(argv)
+    check_out(cfg)
     dist, device = setup_distributed(cfg)
     if not dist.main:
         sys.stdout = open(os.devnull, "w")  # rank 0 prints for everyone; errors still reach stderr
@@ -407,14 +474,6 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     out = Path(cfg.out)
     print(json.dumps(dataclasses.asdict(cfg), indent=1))
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            for old in [out / "log.jsonl", out / "results.json"] + list(out.glob("stage[12]")):
-                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-        write_json(out / "config.json", dataclasses.asdict(cfg))
-        checkpoint.remove_interrupted_writes(out)
-    viewers = open_viewers(cfg.log, str(out), dataclasses.asdict(cfg)) if dist.main else []  # before the data: fail fast
     if dist.local_rank != 0:
         dist.barrier()  # each node's first process writes the data caches, the others then read them
     tok, train, val, eval_records = build_data(cfg)
@@ -425,10 +484,15 @@ def main(argv=None):
     model = build_model(cfg, tok, device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
+    check_installed(cfg.log)  # the last check before start_out may delete an earlier run
+    if dist.main:
+        start_out(cfg)
+    dist.barrier()
+    viewers = open_viewers(cfg.log, str(out), dataclasses.asdict(cfg)) if dist.main else []
     log = ViewedLog(JsonlLog(out / "log.jsonl", enabled=dist.main), viewers)
     loss_fn = functools.partial(sftkey_loss, select_rows=cfg.select_rows, compile=cfg.compile_loss)
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
-    results = json.loads((out / "results.json").read_text()) if cfg.resume and (out / "results.json").exists() else {}
+    results = read_json(out / "results.json") if cfg.resume and (out / "results.json").exists() else {}
     head = None  # the wrapped model, kept from stage 1 to stage 2 (FSDP2 shards a module only once)
     for n in stages:
         stage_dir = out / f"stage{n}"
@@ -436,6 +500,8 @@ def main(argv=None):
         if cfg.resume and checkpoint.is_finished(stage_dir):
             model, head = load_pretrained(final, dtype=torch.float32, device=device), None
             print(f"stage {n}: already finished in {final}")
+            if dist.main:  # left by a kill between the final save and their clean-up
+                checkpoint.remove_step_checkpoints(stage_dir)
         else:
             resume_from = checkpoint.latest_step_checkpoint(stage_dir) if cfg.resume else None
             if resume_from is not None:
@@ -462,15 +528,19 @@ def print_summary(results, stages, out):
             if m:
                 print(f"| {n} | {m['acc']:.3f} | {m['fmt']:.3f} | {m['score']:.3f} | {m['n']} |")
     for n in stages:
-        print(f"stage {n} checkpoint: {out / f'stage{n}' / 'final'}")
+        final = out / f"stage{n}" / "final"
+        print(f"stage {n} checkpoint: {final}" if checkpoint.is_finished(final.parent)
+              else f"stage {n}: no checkpoint in {final.parent}")
     print(f"log: {out / 'log.jsonl'}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (TrainError, ValueError, FileNotFoundError, HubError, LoggerError) as e:
+    except (TrainError, ValueError, HubError, LoggerError) as e:
         sys.exit(f"train.py: {e}")
+    except OSError as e:  # a missing file, a read-only folder, a full disk: str(e) names the file when known
+        sys.exit(f"train.py: {e}" if e.filename else f"train.py: reading or writing the run failed: {e}")
     except KeyboardInterrupt:
         sys.exit("train.py: interrupted (resume with --resume)")
     finally:

@@ -50,9 +50,11 @@ import math
 import sys
 from pathlib import Path
 
+from atomic_io import read_json
 from eval.convergence import tail_improvement
 from eval.metrics import ACC_WEIGHT, FMT_WEIGHT, mcnemar, paired_interval, proportion_interval
 from eval.run_queue import AblationError, Job, Run, check_same_config, execute  # noqa: F401 (re-exported)
+from training.step_log import JsonlLog
 
 ARMS = ("sft", "sft_tag", "key_tag", "sftkey_tag", "sft_tag_continue", "sft_tag_equal", "weighted", "dft")
 METRICS = ("acc", "fmt", "score")
@@ -63,8 +65,7 @@ TUNE_SEED = 1000
 
 def steps_per_stage(run_dir):
     steps = {}
-    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in JsonlLog(Path(run_dir) / "log.jsonl").records():
         if r["type"] == "train":
             steps[r["stage"]] = max(steps.get(r["stage"], 0), r["step"])
     return steps
@@ -95,7 +96,7 @@ def final_stage(arm):
 def read_run(run_dir, stage):
     """Metrics and per-question outcomes of one run's evaluation, questions in id order."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "results.json").read_text())[f"stage{stage}"]
+    metrics = read_json(run_dir / "results.json")[f"stage{stage}"]
     predictions = [json.loads(line) for line in
                    (run_dir / f"stage{stage}" / "eval" / "predictions.jsonl").read_text().splitlines()]
     predictions.sort(key=lambda p: p["id"])
@@ -334,8 +335,7 @@ def render_table(stats, chosen, seeds, tuning=None):
 def nll_curves(out, seeds):
     """Per seed: validation CoT and Key NLL of sft_tag's stage 1 and both second stages after it."""
     def read(path):
-        path = Path(path) / "log.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return JsonlLog(Path(path) / "log.jsonl").records()
 
     curves = []
     for seed in seeds:
@@ -446,6 +446,8 @@ def main(argv=None):
     import train
     extra = [x for s in args.set for x in ("--set", s)]
     cfg = train.parse_args(["--config", args.config] + extra)
+    if not cfg.eval:
+        raise AblationError("eval = false: the ablation compares the runs' evaluations; drop that setting")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("ablation plan: " + ", ".join(f"{v} {k}" for k, v in
@@ -462,8 +464,7 @@ def main(argv=None):
     runs, outcomes = collect(protocol, chosen, seeds, args.arms)
     stats = statistics(outcomes, args.arms, seeds)
     text = render_table(stats, chosen, seeds, tuning)
-    convergence = {seed: tail_improvement(
-        [json.loads(line) for line in (out / "sft_tag" / f"seed{seed}" / "log.jsonl").read_text().splitlines()], 1)
+    convergence = {seed: tail_improvement(JsonlLog(out / "sft_tag" / f"seed{seed}" / "log.jsonl").records(), 1)
         for seed in seeds if (out / "sft_tag" / f"seed{seed}" / "log.jsonl").exists()}
     summary = {"config": args.config, "overrides": args.set, "seeds": seeds, "arms": args.arms,
                "chosen": {arm: chosen[arm] for arm in args.arms}, "tuning": tuning, "runs": runs,
@@ -484,6 +485,6 @@ if __name__ == "__main__":
     try:
         main()
     except Exception as e:  # the runs so far are on disk; rerunning resumes
-        if type(e).__name__ in ("TrainError", "DataError", "AblationError"):
+        if type(e).__name__ in ("TrainError", "DataError", "AblationError") or isinstance(e, (OSError, ValueError)):
             sys.exit(f"eval.ablation: {e}")
         raise

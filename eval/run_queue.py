@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from atomic_io import read_json
+
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
-# settings that may differ between a saved run and this command without changing its results
-RUN_ONLY_FIELDS = ("out", "resume", "parallel")
 
 
 class AblationError(Exception):
@@ -37,18 +37,9 @@ class Job:
 def check_same_config(out, argv):
     """Raises AblationError when the run in `out` was started with another config than `argv` gives."""
     import train
-    saved = json.loads((out / "config.json").read_text())
+    from training.config_check import differences
+    saved = read_json(out / "config.json")
     wanted = json.loads(json.dumps(dataclasses.asdict(train.parse_args(argv))))
-
-    def differences(a, b, prefix=""):
-        for key in sorted(set(a) | set(b)):
-            if not prefix and key in RUN_ONLY_FIELDS:
-                continue
-            x, y = a.get(key, "<missing>"), b.get(key, "<missing>")
-            if isinstance(x, dict) and isinstance(y, dict):
-                yield from differences(x, y, f"{prefix}{key}.")
-            elif x != y:
-                yield f"{prefix}{key}: {x!r} there, {y!r} now"
     diff = list(differences(saved, wanted))
     if diff:
         raise AblationError(f"{out} holds a run of another config ({'; '.join(diff[:6])}"
@@ -63,7 +54,7 @@ def todo(run):
     if started:
         check_same_config(out, argv)
     results = out / "results.json"
-    if results.exists() and f"stage{run.stage}" in json.loads(results.read_text()):
+    if results.exists() and f"stage{run.stage}" in read_json(results):
         return None
     return argv + (["--resume"] if started else [])
 

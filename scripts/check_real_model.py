@@ -49,6 +49,10 @@ def main():
     parser.add_argument("--gsm8k", default=ROOT / "downloads/olmo/gsm8k/gold_bpb_5shot/requests.jsonl.gz", type=Path)
     parser.add_argument("--examples", type=int, default=8)
     args = parser.parse_args()
+    for flag, path in (("--model", args.model), ("--gguf", args.gguf), ("--gsm8k", args.gsm8k)):
+        if not path.exists():
+            sys.exit(f"check_real_model: {flag} {path}: no such file or folder (bash scripts/fetch_real.sh "
+                     "fetches the defaults)")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
     from tokenizers import Tokenizer

@@ -267,9 +267,15 @@ def runnable(cmd, workdir):
     return None
 
 
-def test_the_cheap_commands_run_as_written(tmp_path, monkeypatch, capsys):
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_cheap_commands_run_as_written_and_never_destroy_an_earlier_run(tmp_path, monkeypatch, capsys):
     """Runs, in README order and in a fresh folder, every train.py command on the demo config,
-    the evaluation of a model an earlier command trained, and data.inspect, at tiny sizes."""
+    the evaluation of a model an earlier command trained, and data.inspect, at tiny sizes; then
+    runs each again: one that writes a run folder refuses with one line naming the folder (or,
+    with --resume, continues a finished run without changing a byte), --overwrite aside."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
     ran, seen = [], set()
@@ -287,7 +293,30 @@ def test_the_cheap_commands_run_as_written(tmp_path, monkeypatch, capsys):
             if e.code not in (0, None):
                 error = capsys.readouterr().err[-2000:]
                 pytest.fail(f"README: {' '.join(cmd)} failed (exit {e.code}): {error}")
-        ran.append(" ".join(cmd))
-    assert "python train.py" in ran, "the set-up command `python train.py` was not run"
-    assert any(c.startswith("python -m eval ") for c in ran), f"no evaluation command ran: {ran}"
+        ran.append((cmd, entry, args))
+    commands_run = [" ".join(cmd) for cmd, _, _ in ran]
+    assert "python train.py" in commands_run, "the set-up command `python train.py` was not run"
+    assert any(c.startswith("python -m eval ") for c in commands_run), f"no evaluation command ran: {commands_run}"
     assert (tmp_path / "runs" / "demo" / "stage2" / "final" / "model.safetensors").is_file()
+
+    refused = 0
+    for cmd, entry, args in ran:
+        if "--overwrite" in args or entry == ("module", "data.inspect"):  # replaces on purpose / writes no run
+            continue
+        before = snapshot(tmp_path / "runs")
+        capsys.readouterr()
+        try:
+            execute(entry, args, monkeypatch)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            message = str(e.code) if not isinstance(e.code, int) else capsys.readouterr().err
+        assert snapshot(tmp_path / "runs") == before, f"README: {' '.join(cmd)} run again changed runs/"
+        if "--resume" in args:
+            assert code == 0, f"README: {' '.join(cmd)}: resuming a finished run failed"
+            continue
+        assert code != 0, f"README: {' '.join(cmd)} run again did not refuse"
+        assert "holds a run" in message or "holds an earlier evaluation" in message, message
+        assert len(message.strip().splitlines()) == 1, message
+        refused += 1
+    assert refused >= 5, f"only {refused} commands were checked"

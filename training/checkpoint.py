@@ -2,7 +2,6 @@
 (optimizer, gradient scaler, sampler position, RNG states, step, config; safetensors and JSON),
 under a temporary name renamed into place; `load` restores all of it but the weights."""
 import dataclasses
-import json
 import os
 import random
 import shutil
@@ -14,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
-from atomic_io import fsync_dir, write_json
+from atomic_io import fsync_dir, read_json, write_json
 from model import Decoder, save_pretrained
 from training.distributed import Dist
 
@@ -97,7 +96,7 @@ def load(path, head, optimizer, scaler, sampler, dist=Dist()):
     with the model); returns its state.json. Rank 0 reads the whole optimizer state and broadcasts
     it; each rank keeps its share."""
     ts = Path(path) / "train_state"
-    meta = json.loads((ts / "state.json").read_text())
+    meta = read_json(ts / "state.json")
     opt_state = {}
     for name, value in load_file(ts / "optimizer.safetensors").items() if dist.main else ():
         param, key = name.removeprefix("state.").rsplit(".", 1)

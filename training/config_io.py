@@ -1,12 +1,16 @@
 """Run configs in and out: a TOML file or a saved config.json into the Config dataclass of
-train.py, command-line flags and `--set key=value` overrides on top, and the resumed run's own
-config in place of all of them."""
+train.py, command-line flags and `--set key=value` overrides on top, every field checked
+(config_check); a resumed run starts from its own saved config and refuses any change to it that
+changes results."""
+import copy
 import dataclasses
 import json
 import tomllib
 from pathlib import Path
 
+from atomic_io import read_json
 from training import TrainError
+from training.config_check import check_config, differences
 
 
 def config_from_dict(d, cls, where="config"):
@@ -20,6 +24,9 @@ def config_from_dict(d, cls, where="config"):
             raise TrainError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(known))})")
         default = getattr(defaults, key)
         if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise TrainError(f"{where}: {key} = {value!r}: expected a table of stage settings "
+                                 f"([{key}] in TOML, or --set {key}.lr=...)")
             value = config_from_dict({**dataclasses.asdict(default), **value}, type(default), f"{where}: {key}")
         kwargs[key] = value
     return cls(**kwargs)
@@ -70,20 +77,46 @@ def apply_override(cfg, assignment):
 
 def resolve_config(args, cls, default_path):
     """The run's config from parsed command-line args: the TOML file (args.config or default_path),
-    then the flags, then --set. With --resume and a config.json in --out, that saved config replaces
-    the file and the flags (the run continues exactly as started); --parallel and --set still apply."""
-    cfg = read_config(args.config or default_path, cls)
+    then the flags, then --set; every field checked. With --resume the run's saved config.json
+    takes the file's place unless --config is given, and the result must equal the saved config
+    in every field that changes results (RUN_ONLY_FIELDS such as out or parallel may differ)."""
+    set_out = [parse_value(a.split("=", 1)[1].strip()) for a in args.set if a.split("=", 1)[0].strip() == "out"]
+    out = Path(str(set_out[-1]) if set_out else args.out or read_config(args.config or default_path, cls).out)
+    saved_path, saved = out / "config.json", None
+    if args.resume:
+        if not saved_path.is_file():
+            raise TrainError(f"--resume: {out} holds no run to continue (no config.json); start it "
+                             "without --resume")
+        try:
+            saved = read_json(saved_path)
+        except (ValueError, OSError) as e:
+            raise TrainError(f"--resume: {e}") from None
+    if saved is not None and not args.config:
+        cfg = config_from_dict(copy.deepcopy(saved), cls, where=str(saved_path))  # saved stays as read
+    else:
+        cfg = read_config(args.config or default_path, cls)
+    if saved is None and (cfg.resume or cfg.overwrite):
+        raise TrainError(f"{args.config or default_path}: resume and overwrite are command-line flags "
+                         "(--resume, --overwrite), not config settings")
     for name in ("stage", "init", "out", "device", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    saved = Path(cfg.out) / "config.json"
-    if args.resume and saved.exists():
-        cfg = config_from_dict(json.loads(saved.read_text()), cls, where=str(saved))
-        cfg.out = str(saved.parent)  # the run may have been moved or copied since
-    cfg.resume = cfg.resume or args.resume
-    cfg.parallel = args.parallel or cfg.parallel  # a resumed run may change how it is parallelised
+    cfg.resume, cfg.overwrite = args.resume, getattr(args, "overwrite", False)
+    if args.parallel:
+        cfg.parallel = args.parallel
     for assignment in args.set:
         apply_override(cfg, assignment)
+    cfg.out = str(out)  # a resumed run may have been moved or copied since
+    if (cfg.resume, cfg.overwrite) != (args.resume, getattr(args, "overwrite", False)):
+        raise TrainError("--set: resume and overwrite are command-line flags (--resume, --overwrite), "
+                         "not config settings")
+    check_config(cfg)
     if cfg.stage == "2" and not cfg.init:
         raise TrainError("--stage 2 needs --init DIR (a stage-1 checkpoint or any HF model dir)")
+    if saved is not None:
+        changed = list(differences(saved, json.loads(json.dumps(dataclasses.asdict(cfg)))))
+        if changed:
+            raise TrainError(f"--resume: {out} was started with another config ({'; '.join(changed)}); "
+                             "resume it with the settings it was started with, or start a new run "
+                             "with another --out")
     return cfg

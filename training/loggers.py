@@ -9,6 +9,7 @@ only when its name is in `log`; a name whose package is missing stops the run at
 pip command. W&B follows its own environment (WANDB_MODE=offline, WANDB_API_KEY, ...); a resumed
 run continues the same W&B run (its id is kept in RUN/wandb_run_id).
 """
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,22 @@ VIEWERS = ("tensorboard", "wandb")
 
 class LoggerError(RuntimeError):
     """A viewer that cannot start: names what to install."""
+
+
+def missing(name):
+    return LoggerError(f"log = ['{name}'] needs the {name} package: pip install {name}")
+
+
+def check_installed(names):
+    """LoggerError for a named viewer whose package (of the same name) is not installed, found
+    without importing it: train.py calls this before it writes or deletes anything."""
+    for name in dict.fromkeys(names):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # in sys.modules as None: blocked
+            found = False
+        if not found:
+            raise missing(name)
 
 
 def scalars(record):
@@ -32,7 +49,7 @@ def tensorboard_viewer(run_dir, config):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise LoggerError("log = ['tensorboard'] needs the tensorboard package: pip install tensorboard") from None
+        raise missing("tensorboard") from None
     writer = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
     writer.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))
 
@@ -48,7 +65,7 @@ def wandb_viewer(run_dir, config):
     try:
         import wandb
     except ImportError:
-        raise LoggerError("log = ['wandb'] needs the wandb package: pip install wandb") from None
+        raise missing("wandb") from None
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     id_file = Path(run_dir) / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from atomic_io import atomic_write
 from model.precision import PRECISIONS
 
 
@@ -24,14 +25,40 @@ class JsonlLog:
             f.write(json.dumps(record) + "\n")
 
     def truncate(self, stage, step):
+        """Keeps the lines a resume from `step` of `stage` does not write again: the earlier stages,
+        and this stage's lines up to the checkpoint's step (step 0's validation included) when it
+        has one; the rest, and a torn last line left by a kill, go."""
         if not self.path.exists():
             return
-        records = [json.loads(line) for line in self.path.read_text().splitlines()]
-        kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and 0 < r["step"] <= step)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        records, torn = self._read()
+        if torn:
+            print(f"{self.path}: dropped a torn last line left by the killed run ({torn!r:.60})")
+        kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and step > 0 and r["step"] <= step)]
+        with atomic_write(self.path) as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def records(self):
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+        return self._read()[0] if self.path.exists() else []
+
+    def _read(self):
+        """(records, the torn last line or None): a line that is not JSON is an error naming the file
+        and line, except the last one when it lacks its newline (a write cut short by a kill)."""
+        text = self.path.read_text()
+        lines = text.splitlines()
+        torn = lines.pop() if lines and not text.endswith("\n") else None
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.path}:{number}: not a JSON line ({e})") from None
+        if torn is not None:
+            try:
+                records.append(json.loads(torn))
+                torn = None  # complete but for its newline
+            except json.JSONDecodeError:
+                pass
+        return records, torn
 
 
 def sync(device):

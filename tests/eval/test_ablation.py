@@ -156,6 +156,9 @@ def test_bad_arguments_are_named(tmp_path):
         ablation.main(["--tune", "--arms", "sft", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         ablation.main(["--tune", "--grid-factors", "1,1", "--out", str(tmp_path)])
+    with pytest.raises(ablation.AblationError, match="eval = false: the ablation compares the runs' evaluations"):
+        ablation.main(["--out", str(tmp_path / "noeval")] + overrides({**TINY, "eval": "false"}))
+    assert not (tmp_path / "noeval").exists()  # refused before any run
     with pytest.raises(ablation.AblationError, match="synthetic.n_val = 0"):
         ablation.main(["--tune", "--out", str(tmp_path)] + overrides({**TINY, "synthetic.n_val": 0}))
 

@@ -9,6 +9,7 @@ import pytest
 
 import train
 from tests.hub_layout import write_hub_repo
+from training import TrainError
 from training.loggers import LoggerError
 from training.step_log import JsonlLog
 
@@ -61,6 +62,13 @@ def test_hub_name_missing_offline_is_one_line(tmp_path):
 
 
 def test_unknown_viewer_stops_before_the_data(tmp_path):
-    with pytest.raises(LoggerError, match=r"log = \['tensorbord'\]: unknown"):
+    with pytest.raises(TrainError, match=r"config: log = \['tensorbord'\]: need a list of viewer names"):
         train.main(argv(tmp_path / "run", log='["tensorbord"]'))
-    assert not (tmp_path / "run" / "log.jsonl").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_viewer_package_stops_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(LoggerError, match=r"log = \['wandb'\] needs the wandb package: pip install wandb"):
+        train.main(argv(tmp_path / "run", log='["wandb"]'))
+    assert not (tmp_path / "run").exists()
