@@ -49,7 +49,8 @@ def test_tuned_protocol_end_to_end(tmp_path, monkeypatch):
     assert {a: e["param"] for a, e in entries.items()} == {
         "sft_tag": "stage1.lr", "sftkey_tag": "stage2.lr", "sft_tag_continue": "stage2.lr",
         "weighted": "key_weight", "sft": "lr", "key_tag": "lr", "dft": "lr"}
-    lr1, lr2 = 5e-4, 1e-4  # configs/demo.toml
+    demo = train.parse_args(["--config", "configs/demo.toml"])
+    lr1, lr2 = demo.stage1.lr, demo.stage2.lr
     assert entries["sft_tag"]["grid"] == entries["sft"]["grid"] == entries["dft"]["grid"] == [lr1, 2 * lr1]
     assert entries["sftkey_tag"]["grid"] == entries["sft_tag_continue"]["grid"] == [lr2, 2 * lr2]
     assert entries["weighted"]["grid"] == [5.0, 10.0]
@@ -142,7 +143,9 @@ def test_untuned_continuation_uses_sftkey_tag_schedule_in_parallel_runs(tmp_path
         assert ablation.steps_per_stage(tmp_path / "sft_tag_equal" / f"seed{seed}") == {1: 4}
         assert "stage 1 checkpoint" in (tmp_path / "sft_tag_equal" / f"seed{seed}" / "train.out").read_text()
     assert [r["arm"] for r in summary["runs"]] == ["sftkey_tag", "sft_tag_continue", "sft_tag_equal"] * 2
-    assert summary["tuning"] is None and summary["chosen"]["sftkey_tag"] == {"stage1.lr": 5e-4, "stage2.lr": 1e-4}
+    demo = train.parse_args(["--config", "configs/demo.toml"])
+    assert summary["tuning"] is None and summary["chosen"]["sftkey_tag"] == {"stage1.lr": demo.stage1.lr,
+                                                                            "stage2.lr": demo.stage2.lr}
 
 
 def test_bad_arguments_are_named(tmp_path):

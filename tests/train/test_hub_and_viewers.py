@@ -15,7 +15,7 @@ from training.step_log import JsonlLog
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
-    "synthetic.n_train": 120, "synthetic.n_test": 4, "synthetic.n_terms": "[2, 3]",
+    "synthetic.n_train": 120, "synthetic.n_test": 4, "synthetic.n_val": 0, "synthetic.n_terms": "[2, 3]",
     "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
     "model.head_dim": 16, "model.intermediate_size": 64, "batch_size": 8, "micro_batch_size": 8,
     "stage1.max_steps": 2, "stage2.max_steps": 2, "val_every": 1, "val_examples": 8, "eval": "false",

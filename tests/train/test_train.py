@@ -22,7 +22,7 @@ from training.step_log import JsonlLog
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
-    "synthetic.n_train": 300, "synthetic.n_test": 8, "synthetic.n_terms": "[2, 5]",
+    "synthetic.n_train": 300, "synthetic.n_test": 8, "synthetic.n_terms": "[2, 5]", "synthetic.kind": "\"number\"",
     "model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
     "model.head_dim": 16, "model.intermediate_size": 64,
     "batch_size": 8, "micro_batch_size": 4, "stage1.max_steps": 4, "stage2.max_steps": 3,
