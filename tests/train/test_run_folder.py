@@ -108,7 +108,7 @@ def saved_run(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("extra, named", [
-    (["--set", "stage1.lr=2e-3"], "stage1.lr: 0.001 there, 0.002 now"),
+    (["--set", "stage1.lr=2e-3"], "stage1.lr: 0.00025 there, 0.002 now"),
     (["--set", "batch_size=16"], "batch_size: 8 there, 16 now"),
     (["--set", "stage1.weights=[0, 1, 5]"], "stage1.weights: [0.0, 1.0, 1.0] there, [0, 1, 5] now"),
     (["--set", "model.hidden_size=64"], "model.hidden_size: 32 there, 64 now"),
