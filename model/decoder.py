@@ -114,10 +114,28 @@ class Attention(nn.Module):
                 groups = heads // kv_heads
                 k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
             # without a mask the keys are this call's tokens (or there is one query): causal is top-left aligned
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and queries > 1,
-                                               enable_gqa=gqa)
+            y = attention(q, k, v, mask, mask is None and queries > 1, gqa)
         y = y.transpose(1, 2).reshape(B, queries, heads * head_dim)
         return self.o(y if rows is None else rows.from_slots(y))
+
+
+# Training on rows of at most this many keys runs attention as plain fp32 matmuls and softmax
+# (SDPA's math kernel) instead of the fused flash kernel: on CPUs without AMX the flash kernel's
+# backward is slow on many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2),
+# and the fp32 math is closer to an exact reference than bf16 flash.
+MATH_ATTENTION_MAX_KEYS = 128
+
+
+def attention(q, k, v, mask, is_causal, gqa):
+    """SDPA; with autograd recording on short rows (training), its math kernel in fp32."""
+    if torch.is_grad_enabled() and k.shape[2] <= MATH_ATTENTION_MAX_KEYS and q.device.type == "cpu":
+        if mask is not None:  # the math kernel adds its mask: True (attend) -> 0, False -> -inf
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+        with torch.autocast("cpu", enabled=False):
+            y = torch.ops.aten._scaled_dot_product_attention_math(q, k, v, mask, 0.0, is_causal,
+                                                                   enable_gqa=gqa)[0]
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
 
 class MLP(nn.Module):
@@ -244,7 +262,7 @@ class Decoder(nn.Module):
             raise ValueError(f"cache: {start} cached + {T} new tokens exceed max_len {cache.max_len}")
         if positions is None:
             positions = torch.arange(start, start + T, device=device).expand(B, T)
-        x = self.embed(input_ids)
+        x = F.embedding(input_ids, self.embed.weight, sparse=self._sparse_embedding_grad(input_ids))
         # RoPE in the dtype q and k come out of the qkv matmul: the autocast dtype when it is on
         # (fp32 tables would promote q and k to fp32 and cost a cast back before attention)
         autocast = torch.is_autocast_enabled(device.type)
@@ -267,6 +285,16 @@ class Decoder(nn.Module):
         if return_hidden:
             return x
         return F.linear(x, self.output_weight)
+
+    def _sparse_embedding_grad(self, input_ids):
+        """Whether the lookup's gradient is the touched rows only (a sparse tensor): with tied
+        weights, when the batch has fewer tokens than half the vocabulary. Autograd adds it into
+        the output layer's dense [V, H] gradient in place, instead of a dense zero-filled [V, H]
+        lookup gradient and a second [V, H] sum (an untied lookup keeps the dense gradient the
+        optimizers expect)."""
+        weight = self.embed.weight
+        return (self.lm_head is None and weight.requires_grad and torch.is_grad_enabled()
+                and 2 * input_ids.numel() <= weight.shape[0])
 
     def _rope(self, positions, dtype):
         """cos and [-sin, sin] (see apply_rope) [B, T, 1, head_dim] for the given positions, in

@@ -1,0 +1,96 @@
+"""The training step's CPU shortcuts against the paths they replace: attention on short rows as
+fp32 math instead of the flash kernel, and the tied embedding's gradient as the touched rows."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+import model.decoder as decoder
+from loss import weighted_linear_cross_entropy
+from loss.reference import naive_weighted_cross_entropy
+from model import Decoder, ModelConfig
+
+CONFIG = dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+              intermediate_size=48, tie_word_embeddings=True)
+
+
+def train_grads(dtype=torch.float32, autocast=True, rows=False, seed=0, **config):
+    """Loss and every parameter's gradient of one training forward/backward (the fused loss,
+    bf16 autocast as train.py), on a fresh model (init seed 3) in dtype."""
+    model = Decoder(ModelConfig(**{**CONFIG, **config}))
+    model.init_weights(3)
+    model.to(dtype).train()
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=gen)
+    targets = torch.randint(0, model.config.vocab_size, (36,), generator=gen)
+    weights = torch.ones(36, dtype=torch.float32)
+    weights[::3] = 0.0
+    selected = torch.nonzero(weights).squeeze(1) if rows else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        hidden = model(ids, return_hidden=True, rows=selected)
+        if selected is None:
+            hidden = hidden.flatten(0, 1)
+        else:
+            targets, weights = targets[selected], weights[selected]
+        if dtype == torch.float64:  # the exact reference: materialised logits
+            loss = naive_weighted_cross_entropy(hidden, model.output_weight, targets, weights)[0]
+        else:
+            loss = weighted_linear_cross_entropy(hidden, model.output_weight, targets, weights,
+                                                 compile=False)[0]
+    loss.backward()
+    return [loss.detach().double()] + [p.grad.double() for p in model.parameters()]
+
+
+def max_error(got, exact):
+    return max(((g - e).abs().max() / e.abs().max()).item() for g, e in zip(got, exact))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_math_attention_is_at_least_as_exact_as_flash(rows, monkeypatch):
+    exact = train_grads(torch.float64, autocast=False, rows=rows)
+    math = train_grads(rows=rows)
+    monkeypatch.setattr(decoder, "MATH_ATTENTION_MAX_KEYS", 0)  # the flash kernel, as before
+    flash = train_grads(rows=rows)
+    assert any(not torch.equal(a, b) for a, b in zip(math, flash))  # two different kernels ran
+    print(f"max relative error vs fp64: math {max_error(math, exact):.2e}, flash {max_error(flash, exact):.2e}, "
+          f"math vs flash {max_error(math, flash):.2e}")
+    assert max_error(math, flash) < 0.05  # bf16 autocast both: the same gradients to bf16 noise
+    assert max_error(math, exact) <= 1.1 * max_error(flash, exact)
+
+
+def test_attention_outside_training_keeps_the_fused_kernel(monkeypatch):
+    model = Decoder(ModelConfig(**CONFIG))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids)
+    monkeypatch.setattr(decoder, "MATH_ATTENTION_MAX_KEYS", 0)
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_sparse_tied_embedding_gradient_matches_the_dense_one(rows, monkeypatch):
+    model = Decoder(ModelConfig(**CONFIG))
+    assert model._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))  # 36 tokens, 512 rows
+    sparse = train_grads(rows=rows)
+    monkeypatch.setattr(Decoder, "_sparse_embedding_grad", lambda self, ids: False)
+    dense = train_grads(rows=rows)
+    for a, b in zip(sparse, dense):
+        assert_close(a, b, rtol=1e-6, atol=1e-7)  # fp32 sums in another order
+
+
+def test_embedding_gradient_stays_dense_for_the_optimizer():
+    # untied, or more tokens than half the vocabulary: the dense lookup gradient
+    untied = Decoder(ModelConfig(**{**CONFIG, "tie_word_embeddings": False}))
+    assert not untied._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))
+    assert not Decoder(ModelConfig(**CONFIG))._sparse_embedding_grad(torch.zeros(16, 20, dtype=torch.long))
+    model = Decoder(ModelConfig(**CONFIG))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (3, 12), generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(ids, return_hidden=True).flatten(0, 1)
+        loss, _, _ = weighted_linear_cross_entropy(hidden, model.output_weight, ids.flatten(),
+                                                   torch.ones(36), compile=False)
+    loss.backward()
+    assert model.embed.weight.grad.layout == torch.strided
+    torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW takes dense gradients only
