@@ -74,6 +74,25 @@ def where(event):
     return phase, node
 
 
+def inside(event, name):
+    parent = event.cpu_parent
+    while parent is not None:
+        if name in parent.name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def node_seq(event):
+    """The sequence number of the autograd node whose backward ran event (-1 outside backward)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("autograd::engine::evaluate_function: "):
+            return parent.sequence_nr
+        parent = parent.cpu_parent
+    return -1
+
+
 def reason(op, phase, node, weight_shaped):
     """Why the op runs, for the patterns that make up the non-matmul time."""
     if phase == "optimizer":
@@ -109,13 +128,20 @@ def profile_side(run, steps, param_shapes=()):
         for _ in range(steps):
             run()
     totals, ops = collections.Counter(), collections.defaultdict(lambda: [0.0, 0])
-    for event in prof.events():
+    events = prof.events()
+    # SDPA's math kernel runs as ordinary ops (bmm, softmax, ...): those under it, and in backward
+    # those of the autograd nodes it recorded (matched by sequence number), count as attention
+    in_sdpa = {id(e) for e in events if inside(e, "scaled_dot_product")}
+    sdpa_nodes = {e.sequence_nr for e in events if id(e) in in_sdpa and e.sequence_nr >= 0}
+    for event in events:
         if event.name.startswith("ProfilerStep") or event.name == "<forward op>":
             continue
         ms = event.self_cpu_time_total / 1e3 / steps
         kind = bucket(event.name)
-        totals[kind] += ms
         phase, node = where(event)
+        if kind != "python" and (id(event) in in_sdpa or node_seq(event) in sdpa_nodes):
+            kind = "attention"
+        totals[kind] += ms
         shape = tuple(event.input_shapes[0]) if event.input_shapes and event.input_shapes[0] else ()
         entry = ops[(kind, event.name, phase, node, shape)]
         entry[0] += ms

@@ -94,3 +94,26 @@ def test_embedding_gradient_stays_dense_for_the_optimizer():
     loss.backward()
     assert model.embed.weight.grad.layout == torch.strided
     torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW takes dense gradients only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_function_gives_autograds_gradient_to_the_bit(dtype):
+    gate_up = torch.randn(3, 7, 2 * 24, generator=torch.Generator().manual_seed(4)).to(dtype)
+    grad = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(5)).to(dtype)
+    results = []
+    for fn in (decoder.swiglu, decoder.SwiGLU.apply):
+        x = gate_up.clone().requires_grad_()
+        out = fn(x)
+        out.backward(grad)
+        results.append((out.detach(), x.grad))
+    (out_a, grad_a), (out_b, grad_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+
+
+def test_recompute_still_keeps_only_the_inputs_of_the_product():
+    # SwiGLU saves gate|up alone, as the checkpointed swiglu did: no silu output kept for backward
+    saved = []
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        decoder.SwiGLU.apply(x)
+    assert saved == [torch.Size([4, 16])]
