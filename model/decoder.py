@@ -120,22 +120,34 @@ class Attention(nn.Module):
 
 
 # Training on rows of at most this many keys runs attention as plain fp32 matmuls and softmax
-# (SDPA's math kernel) instead of the fused flash kernel: on CPUs without AMX the flash kernel's
-# backward is slow on many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2),
-# and the fp32 math is closer to an exact reference than bf16 flash.
+# instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's backward is slow on
+# many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2), and fp32 scores
+# are closer to an exact reference than the bf16 flash kernel's.
 MATH_ATTENTION_MAX_KEYS = 128
 
 
 def attention(q, k, v, mask, is_causal, gqa):
-    """SDPA; with autograd recording on short rows (training), its math kernel in fp32."""
+    """SDPA [B, heads, T, head_dim]; with autograd recording on short rows on CPU (training),
+    math_attention."""
     if torch.is_grad_enabled() and k.shape[2] <= MATH_ATTENTION_MAX_KEYS and q.device.type == "cpu":
-        if mask is not None:  # the math kernel adds its mask: True (attend) -> 0, False -> -inf
-            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
-        with torch.autocast("cpu", enabled=False):
-            y = torch.ops.aten._scaled_dot_product_attention_math(q, k, v, mask, 0.0, is_causal,
-                                                                   enable_gqa=gqa)[0]
-        return y.to(q.dtype)
+        return math_attention(q, k, v, mask, is_causal, gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
+
+
+def math_attention(q, k, v, mask, is_causal, gqa):
+    """softmax(q k^T / sqrt(head_dim), masked) v in fp32, returned in q's dtype; is_causal is
+    top-left aligned as in SDPA, mask is boolean (True = attend)."""
+    with torch.autocast(q.device.type, enabled=False):
+        if gqa:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+        if is_causal:
+            T, S = scores.shape[-2:]
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
 
 
 class MLP(nn.Module):

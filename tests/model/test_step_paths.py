@@ -54,7 +54,38 @@ def test_math_attention_is_at_least_as_exact_as_flash(rows, monkeypatch):
     print(f"max relative error vs fp64: math {max_error(math, exact):.2e}, flash {max_error(flash, exact):.2e}, "
           f"math vs flash {max_error(math, flash):.2e}")
     assert max_error(math, flash) < 0.05  # bf16 autocast both: the same gradients to bf16 noise
-    assert max_error(math, exact) <= 1.1 * max_error(flash, exact)
+    assert max_error(math, exact) <= 1.25 * max_error(flash, exact)  # bf16 elsewhere dominates
+
+
+@pytest.mark.parametrize("case", ["causal", "causal_gqa", "mask_gqa"])
+def test_math_attention_is_closer_to_exact_than_flash(case):
+    gen = torch.Generator().manual_seed(7)
+    B, H, T, D = 3, 4, 20, 16
+    kv_heads = 2 if case.endswith("gqa") else 4
+    q = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(B, kv_heads, T, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    grad = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64)
+    mask, causal = None, True
+    if case == "mask_gqa":  # two segments per row, as packed rows
+        seg = (torch.arange(T) >= 8).long().expand(B, T)
+        mask = ((torch.arange(T)[None, :] <= torch.arange(T)[:, None]) & (seg[:, :, None] == seg[:, None, :]))[:, None]
+        mask, causal = mask.expand(B, 1, T, T), False
+    results = {}
+    for name, dtype in (("exact", torch.float64), ("math", torch.bfloat16), ("flash", torch.bfloat16)):
+        inputs = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
+        if name == "flash":
+            kk, vv = inputs[1:]
+            if mask is not None and kv_heads != H:  # as Attention.forward: the fused kernels take one of the two
+                kk, vv = kk.repeat_interleave(H // kv_heads, 1), vv.repeat_interleave(H // kv_heads, 1)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                inputs[0], kk, vv, attn_mask=mask, is_causal=causal, enable_gqa=kv_heads != H and mask is None)
+        else:
+            out = decoder.math_attention(*inputs, mask, causal, kv_heads != H)
+        out.backward(grad.to(dtype))
+        results[name] = [out.detach().double()] + [t.grad.double() for t in inputs]
+    math_error = max_error(results["math"], results["exact"])
+    flash_error = max_error(results["flash"], results["exact"])
+    assert math_error < 1e-2 and math_error <= flash_error
 
 
 def test_attention_outside_training_keeps_the_fused_kernel(monkeypatch):
