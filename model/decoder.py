@@ -136,18 +136,24 @@ def attention(q, k, v, mask, is_causal, gqa):
 
 def math_attention(q, k, v, mask, is_causal, gqa):
     """softmax(q k^T / sqrt(head_dim), masked) v in fp32, returned in q's dtype; is_causal is
-    top-left aligned as in SDPA, mask is boolean (True = attend)."""
+    top-left aligned as in SDPA, mask is boolean (True = attend). The scale and the mask (as an
+    additive -inf bias) go into one baddbmm with the scores."""
     with torch.autocast(q.device.type, enabled=False):
+        B, heads, T, head_dim = q.shape
+        S = k.shape[2]
         if gqa:
-            groups = q.shape[1] // k.shape[1]
+            groups = heads // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
         if is_causal:
-            T, S = scores.shape[-2:]
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
+        bias = torch.zeros((), device=q.device)
+        if mask is not None:  # [T, S] or [B, 1, T, S]
+            bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
+            bias = bias.expand(B, heads, T, S).flatten(0, 1) if bias.dim() == 4 else bias
+        scores = torch.baddbmm(bias, q.float().flatten(0, 1), k.float().flatten(0, 1).transpose(1, 2),
+                               alpha=head_dim ** -0.5)
+        y = torch.bmm(scores.softmax(-1), v.float().flatten(0, 1))
+        return y.view(B, heads, T, head_dim).to(q.dtype)
 
 
 class MLP(nn.Module):
