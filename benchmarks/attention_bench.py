@@ -35,7 +35,7 @@ def timed(step):
 
 def main():
     sides = {"flash": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-             "math": lambda q, k, v: math_attention(q, k, v, None, True, True)}
+             "math": lambda q, k, v: math_attention(q, k, v, None, True)}
     print(f"{torch.get_num_threads()} threads, load avg {'/'.join(f'{x:.1f}' for x in os.getloadavg())}; "
           f"MATH_ATTENTION_MAX_KEYS = {MATH_ATTENTION_MAX_KEYS}\n")
     print("| B x heads/kv x T x head_dim | flash fwd+bwd ms | fp32 math fwd+bwd ms | math / flash |\n|---|---|---|---|")

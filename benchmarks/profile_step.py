@@ -9,7 +9,8 @@ same weights and batch. Each side runs --warmup steps, then --steps profiled ste
 self time (time on the calling thread, children excluded) is put in one bucket:
 
   matmul      aten::mm / addmm / bmm / linear-like GEMMs (the model's FLOPs)
-  attention   scaled_dot_product_* forward and backward kernels
+  attention   scaled_dot_product_* forward and backward kernels; model.decoder.math_attention's
+              ops (short training rows on CPU) and the backward of the nodes they recorded
   casts       aten::copy_ / _to_copy (autocast's weight and activation casts, grad casts)
   optimizer   AdamW's fused step, clip_grad_norm_'s norms, zero_grad
   compiled    inductor-generated kernels (our loss chunk; with --compile, the fused layers)
@@ -36,11 +37,14 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_bench as tb  # noqa: E402
 
+MATH_RANGE = "decoder.math_attention"  # the profiler range label_math_attention puts around it
 BUCKETS = ("matmul", "attention", "casts", "optimizer", "compiled", "other", "python")
 
 
 def bucket(name):
     lowered = name.lower()
+    if name == MATH_RANGE:
+        return "attention"
     if name.startswith("step.") or name.startswith("autograd::engine::evaluate_function"):
         return "python"  # a range's own time: Python, autograd's engine and dispatch between ops
     if "scaled_dot_product" in lowered or "flash_attention" in lowered:
@@ -72,6 +76,19 @@ def where(event):
             break
         parent = parent.cpu_parent
     return phase, node
+
+
+def label_math_attention():
+    """Run model.decoder.math_attention (plain ops) inside a profiler range, so that its ops and
+    their backward count as attention; a no-op for code without it."""
+    import model.decoder as decoder
+    if hasattr(decoder, "math_attention"):
+        inner = decoder.math_attention
+
+        def labelled(*args):
+            with torch.profiler.record_function(MATH_RANGE):
+                return inner(*args)
+        decoder.math_attention = labelled
 
 
 def inside(event, name):
@@ -131,7 +148,7 @@ def profile_side(run, steps, param_shapes=()):
     events = prof.events()
     # SDPA's math kernel runs as ordinary ops (bmm, softmax, ...): those under it, and in backward
     # those of the autograd nodes it recorded (matched by sequence number), count as attention
-    in_sdpa = {id(e) for e in events if inside(e, "scaled_dot_product")}
+    in_sdpa = {id(e) for e in events if inside(e, "scaled_dot_product") or inside(e, MATH_RANGE)}
     sdpa_nodes = {e.sequence_nr for e in events if id(e) in in_sdpa and e.sequence_nr >= 0}
     for event in events:
         if event.name.startswith("ProfilerStep") or event.name == "<forward op>":
@@ -187,6 +204,7 @@ def main():
     args = parser.parse_args()
     args.grad_ckpt = False
     device = torch.device("cpu")
+    label_math_attention()
     demo = args.model == "demo"
     args.batch = args.batch or (32 if demo else 2)
     args.seq = args.seq or (76 if demo else 256)

@@ -109,12 +109,8 @@ class Attention(nn.Module):
             q = q.reshape(B, kv_heads, heads // kv_heads, head_dim)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, heads, 1, head_dim)
         else:
-            if gqa and mask is not None:
-                # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
-                groups = heads // kv_heads
-                k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
             # without a mask the keys are this call's tokens (or there is one query): causal is top-left aligned
-            y = attention(q, k, v, mask, mask is None and queries > 1, gqa)
+            y = attention(q, k, v, mask, mask is None and queries > 1)
         y = y.transpose(1, 2).reshape(B, queries, heads * head_dim)
         return self.o(y if rows is None else rows.from_slots(y))
 
@@ -126,33 +122,39 @@ class Attention(nn.Module):
 MATH_ATTENTION_MAX_KEYS = 128
 
 
-def attention(q, k, v, mask, is_causal, gqa):
-    """SDPA [B, heads, T, head_dim]; with autograd recording on short rows on CPU (training),
-    math_attention."""
+def attention(q, k, v, mask, is_causal):
+    """SDPA over [B, heads, T, head_dim] queries and [B, kv_heads, S, head_dim] keys and values;
+    with autograd recording on short rows on CPU (training), math_attention."""
     if torch.is_grad_enabled() and k.shape[2] <= MATH_ATTENTION_MAX_KEYS and q.device.type == "cpu":
-        return math_attention(q, k, v, mask, is_causal, gqa)
+        return math_attention(q, k, v, mask, is_causal)
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None:
+        # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
 
-def math_attention(q, k, v, mask, is_causal, gqa):
+def math_attention(q, k, v, mask, is_causal):
     """softmax(q k^T / sqrt(head_dim), masked) v in fp32, returned in q's dtype; is_causal is
-    top-left aligned as in SDPA, mask is boolean (True = attend). The scale and the mask (as an
-    additive -inf bias) go into one baddbmm with the scores."""
+    top-left aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The
+    query heads of a kv group are query rows of one matmul (no k/v copies), and the scale and the
+    mask (an additive -inf bias) go into one baddbmm with the scores."""
     with torch.autocast(q.device.type, enabled=False):
         B, heads, T, head_dim = q.shape
-        S = k.shape[2]
-        if gqa:
-            groups = heads // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        kv_heads, S = k.shape[1], k.shape[2]
+        groups = heads // kv_heads
         if is_causal:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         bias = torch.zeros((), device=q.device)
-        if mask is not None:  # [T, S] or [B, 1, T, S]
+        if mask is not None:
             bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
-            bias = bias.expand(B, heads, T, S).flatten(0, 1) if bias.dim() == 4 else bias
-        scores = torch.baddbmm(bias, q.float().flatten(0, 1), k.float().flatten(0, 1).transpose(1, 2),
+            bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
+                    bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
+        scores = torch.baddbmm(bias, q.float().reshape(B * kv_heads, groups * T, head_dim),
+                               k.float().reshape(B * kv_heads, S, head_dim).transpose(1, 2),
                                alpha=head_dim ** -0.5)
-        y = torch.bmm(scores.softmax(-1), v.float().flatten(0, 1))
+        y = torch.bmm(scores.softmax(-1), v.float().reshape(B * kv_heads, S, head_dim))
         return y.view(B, heads, T, head_dim).to(q.dtype)
 
 

@@ -80,7 +80,7 @@ def test_math_attention_is_closer_to_exact_than_flash(case):
             out = torch.nn.functional.scaled_dot_product_attention(
                 inputs[0], kk, vv, attn_mask=mask, is_causal=causal, enable_gqa=kv_heads != H and mask is None)
         else:
-            out = decoder.math_attention(*inputs, mask, causal, kv_heads != H)
+            out = decoder.math_attention(*inputs, mask, causal)
         out.backward(grad.to(dtype))
         results[name] = [out.detach().double()] + [t.grad.double() for t in inputs]
     math_error = max_error(results["math"], results["exact"])
