@@ -18,7 +18,37 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # normalise in float32 and cast back before the weight, exactly as transformers does
+        if self.keeps_only_input(x):
+            return RMSNormFunction.apply(x, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+    def keeps_only_input(self, x):
+        """Whether this forward runs RMSNormFunction (eager training on fp32)."""
+        return (x.dtype == self.weight.dtype == torch.float32 and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling())
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm of an fp32 input with an fp32 weight (the residual stream in training): the same
+    forward to the bit; backward from the input and the per-row 1 / rms alone (what recomputing
+    the norm kept) in closed form, in one node instead of autograd's chain of pow, mean, rsqrt
+    and three products (and without running the forward again); equal to fp32 rounding."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * x.mul(rstd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        grad_weight = (grad * x.mul(rstd)).sum_to_size(weight.shape)
+        grad_normed = grad * weight
+        # d(x * rstd)/dx = rstd - x rstd^3 x^T / H
+        dot = (grad_normed * x).mean(-1, keepdim=True)
+        grad_x = grad_normed * rstd - x * (dot * rstd.pow(3))
+        return grad_x, grad_weight, None
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -214,11 +244,18 @@ class Block(nn.Module):
         everything after the attention on the n rows."""
         # recompute: the norms and the SwiGLU product keep only their inputs for backward (the
         # residual stream and the gate|up output, alive anyway) and run again there, instead of
-        # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory
-        h = checkpoint(self.attn_norm, x, use_reentrant=False) if recompute else self.attn_norm(x)
+        # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory.
+        # (In eager training the fp32 norms keep x and 1 / rms either way: RMSNormFunction.)
+        h = self._norm(self.attn_norm, x, recompute)
         x = (x if rows is None else rows.gather(x)) + self.attn(h, cos, sin, mask, cache, rows)
-        h = checkpoint(self.mlp_norm, x, use_reentrant=False) if recompute else self.mlp_norm(x)
+        h = self._norm(self.mlp_norm, x, recompute)
         return x + self.mlp(h, recompute=recompute)
+
+    @staticmethod
+    def _norm(norm, x, recompute):
+        if recompute and not norm.keeps_only_input(x):
+            return checkpoint(norm, x, use_reentrant=False)
+        return norm(x)
 
 
 class RowSelection(NamedTuple):

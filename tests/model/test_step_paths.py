@@ -148,3 +148,27 @@ def test_recompute_still_keeps_only_the_inputs_of_the_product():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         decoder.SwiGLU.apply(x)
     assert saved == [torch.Size([4, 16])]
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 32), (5, 32)])
+def test_rms_norm_function_matches_autograds_chain(shape):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = 1 + 0.1 * torch.randn(shape[-1], generator=gen, dtype=torch.float64)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    norm = decoder.RMSNorm(shape[-1], 1e-5)
+    results = {}
+    for name, dtype in (("exact", torch.float64), ("plain", torch.float32), ("function", torch.float32)):
+        xx = x.to(dtype, copy=True).requires_grad_()
+        norm.weight = torch.nn.Parameter(weight.to(dtype, copy=True))
+        if name == "function":
+            out = norm(xx)
+            assert out.grad_fn.name() == "RMSNormFunctionBackward"
+        else:
+            out = norm.weight * torch.nn.functional.rms_norm(xx, (shape[-1],), eps=1e-5)
+        out.backward(grad.to(dtype))
+        results[name] = [out.detach().double(), xx.grad.double(), norm.weight.grad.double()]
+    assert torch.equal(results["function"][0], results["plain"][0])  # the same forward, to the bit
+    for got, plain, exact in zip(results["function"], results["plain"], results["exact"]):
+        assert_close(got, plain, rtol=1e-5, atol=1e-6)
+        assert (got - exact).abs().max() <= 2 * (plain - exact).abs().max() + 1e-7
