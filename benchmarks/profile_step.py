@@ -257,7 +257,7 @@ def main():
     print(f"\nper step, each side: fused AdamW reads param, grad, exp_avg, exp_avg_sq (16 B) and writes "
           f"param, exp_avg, exp_avg_sq (12 B) per parameter: {n / 1e6:.1f} M x 28 B = {28 * n / 1e9:.2f} GB; "
           f"the clip's norms read every gradient ({4 * n / 1e9:.2f} GB), its multiply reads and writes them "
-          f"again; the tied [V, H] weight's gradient is {4 * ours.embed.weight.numel() / 1e6:.0f} MB")
+          f"again; the tied [V, H] weight's gradient is {4 * ours.embed.weight.numel() / 1e6:.1f} MB")
     for name in sides:
         print_ops(name, ops[name], shapes[name], args.top)
 

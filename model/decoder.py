@@ -38,17 +38,16 @@ class RMSNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, eps):
         rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
         ctx.save_for_backward(x, weight, rstd)
-        return weight * x.mul(rstd)
+        return x.mul(rstd).mul_(weight)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, rstd = ctx.saved_tensors
-        grad_weight = (grad * x.mul(rstd)).sum_to_size(weight.shape)
+        grad_weight = x.mul(rstd).mul_(grad).sum_to_size(weight.shape)
         grad_normed = grad * weight
         # d(x * rstd)/dx = rstd - x rstd^3 x^T / H
         dot = (grad_normed * x).mean(-1, keepdim=True)
-        grad_x = grad_normed * rstd - x * (dot * rstd.pow(3))
-        return grad_x, grad_weight, None
+        return torch.addcmul(grad_normed.mul_(rstd), x, dot.mul_(rstd.pow(3)), value=-1), grad_weight, None
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
