@@ -44,7 +44,7 @@ from model.hub import HubError, resolve_model_dir
 from model.precision import autocast_dtype
 from training import TrainError, checkpoint
 from training.config_io import resolve_config
-from training.distributed import Dist, grad_sync, gradient_norm, setup_distributed, wrap_model
+from training.distributed import Dist, clip_grad_norm, grad_sync, setup_distributed, wrap_model
 from training.loggers import LoggerError, ViewedLog, check_installed, open_viewers
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
@@ -283,7 +283,7 @@ def accumulate_gradients(head, micro, role_weights, sc, scaler, where, dist=Dist
 def optimizer_step(model, optimizer, scaler, grad_clip, where, dist=Dist()):
     """Clip the gradients to grad_clip, step, and clear them; returns the norm before clipping."""
     scaler.unscale_(optimizer)
-    grad_norm = gradient_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    grad_norm = clip_grad_norm(model.parameters(), grad_clip)
     if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
         raise TrainError(f"{where}: gradient norm is {grad_norm}; stopping")
     scaler.step(optimizer)

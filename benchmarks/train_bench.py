@@ -143,29 +143,50 @@ def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss
     if SELECT_ROWS if select_rows is None else select_rows:  # as train.py: the last layer's query path only where a weighted target is
         rows = torch.nonzero((weights != 0) & (targets != -100)).squeeze(1)
         targets, roles, weights = targets[rows], roles[rows], weights[rows]
-    with autocast:
+    with autocast, phase("forward"):
         hidden = forward(batch["input_ids"], return_hidden=True, rows=rows).flatten(0, -2)
     # --loss-outside-autocast: the output matmuls then run in the weights' dtype
-    with autocast if loss_in_autocast else torch.autocast(batch["input_ids"].device.type, enabled=False):
+    with (autocast if loss_in_autocast else torch.autocast(batch["input_ids"].device.type, enabled=False),
+          phase("loss")):
         loss_sum, _, _ = weighted_linear_cross_entropy(
             hidden, model.output_weight, targets, weights, roles, compile=compile_loss)
     loss = loss_sum / weights.sum()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    with phase("backward"):
+        loss.backward()
+    clip_and_step(model, optimizer)
     return loss.item()
 
 
 def hf_step(model, forward, optimizer, batch, precision):
-    with autocast_for(precision, batch["input_ids"].device):
+    with autocast_for(precision, batch["input_ids"].device), phase("forward"):
         logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    with phase("loss"):
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
+    with phase("backward"):
+        loss.backward()
+    with phase("clip"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    with phase("optimizer"):
+        optimizer.step()
+    with phase("zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def phase(name):
+    """A profiler range naming the part of the step (profile_step.py's "where" column)."""
+    return torch.profiler.record_function(f"step.{name}")
+
+
+def clip_and_step(model, optimizer):
+    """Ours after backward: as train.py's optimizer_step (clip to 1.0, AdamW step, zero_grad)."""
+    from training.distributed import clip_grad_norm
+    with phase("clip"):
+        clip_grad_norm(model.parameters(), 1.0)
+    with phase("optimizer"):
+        optimizer.step()
+    with phase("zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
 
 
 def sync(device):

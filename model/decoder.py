@@ -18,7 +18,36 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # normalise in float32 and cast back before the weight, exactly as transformers does
+        if self.keeps_only_input(x):
+            return RMSNormFunction.apply(x, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+    def keeps_only_input(self, x):
+        """Whether this forward runs RMSNormFunction (eager training on fp32)."""
+        return (x.dtype == self.weight.dtype == torch.float32 and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling())
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm of an fp32 input with an fp32 weight (the residual stream in training): the same
+    forward to the bit; backward from the input and the per-row 1 / rms alone (what recomputing
+    the norm kept) in closed form, in one node instead of autograd's chain of pow, mean, rsqrt
+    and three products (and without running the forward again); equal to fp32 rounding."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return x.mul(rstd).mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        grad_weight = x.mul(rstd).mul_(grad).sum_to_size(weight.shape)
+        grad_normed = grad * weight
+        # d(x * rstd)/dx = rstd - x rstd^3 x^T / H
+        dot = (grad_normed * x).mean(-1, keepdim=True)
+        return torch.addcmul(grad_normed.mul_(rstd), x, dot.mul_(rstd.pow(3)), value=-1), grad_weight, None
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -109,15 +138,53 @@ class Attention(nn.Module):
             q = q.reshape(B, kv_heads, heads // kv_heads, head_dim)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, heads, 1, head_dim)
         else:
-            if gqa and mask is not None:
-                # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
-                groups = heads // kv_heads
-                k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
             # without a mask the keys are this call's tokens (or there is one query): causal is top-left aligned
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and queries > 1,
-                                               enable_gqa=gqa)
+            y = attention(q, k, v, mask, mask is None and queries > 1)
         y = y.transpose(1, 2).reshape(B, queries, heads * head_dim)
         return self.o(y if rows is None else rows.from_slots(y))
+
+
+# Training on rows of at most this many keys runs attention as plain fp32 matmuls and softmax
+# instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's backward is slow on
+# many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2), and fp32 scores
+# are closer to an exact reference than the bf16 flash kernel's.
+MATH_ATTENTION_MAX_KEYS = 128
+
+
+def attention(q, k, v, mask, is_causal):
+    """SDPA over [B, heads, T, head_dim] queries and [B, kv_heads, S, head_dim] keys and values;
+    with autograd recording on short rows on CPU (training), math_attention."""
+    if torch.is_grad_enabled() and k.shape[2] <= MATH_ATTENTION_MAX_KEYS and q.device.type == "cpu":
+        return math_attention(q, k, v, mask, is_causal)
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None:
+        # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
+
+
+def math_attention(q, k, v, mask, is_causal):
+    """softmax(q k^T / sqrt(head_dim), masked) v in fp32, returned in q's dtype; is_causal is
+    top-left aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The
+    query heads of a kv group are query rows of one matmul (no k/v copies), and the scale and the
+    mask (an additive -inf bias) go into one baddbmm with the scores."""
+    with torch.autocast(q.device.type, enabled=False):
+        B, heads, T, head_dim = q.shape
+        kv_heads, S = k.shape[1], k.shape[2]
+        groups = heads // kv_heads
+        if is_causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        bias = torch.zeros((), device=q.device)
+        if mask is not None:
+            bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
+            bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
+                    bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
+        scores = torch.baddbmm(bias, q.float().reshape(B * kv_heads, groups * T, head_dim),
+                               k.float().reshape(B * kv_heads, S, head_dim).transpose(1, 2),
+                               alpha=head_dim ** -0.5)
+        y = torch.bmm(scores.softmax(-1), v.float().reshape(B * kv_heads, S, head_dim))
+        return y.view(B, heads, T, head_dim).to(q.dtype)
 
 
 class MLP(nn.Module):
@@ -128,6 +195,8 @@ class MLP(nn.Module):
 
     def forward(self, x, recompute=False):
         gate_up = self.gate_up(x)
+        if recompute and not torch.compiler.is_compiling():
+            return self.down(SwiGLU.apply(gate_up))
         if recompute:
             return self.down(checkpoint(swiglu, gate_up, use_reentrant=False))
         return self.down(swiglu(gate_up))
@@ -136,6 +205,28 @@ class MLP(nn.Module):
 def swiglu(gate_up):
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+class SwiGLU(torch.autograd.Function):
+    """swiglu with the recompute's memory (only gate|up is kept for backward) and autograd's
+    numbers to the bit, in fewer passes: backward computes silu(gate) once and writes both
+    halves of the gradient straight into one [..., 2 x intermediate] tensor, where checkpointing
+    swiglu would run the product's forward again and autograd would cat the two halves."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        ctx.save_for_backward(gate_up)
+        return swiglu(gate_up)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, F.silu(gate), out=grad_up)  # as MulBackward0: grad * other
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_gate_up
 
 
 class Block(nn.Module):
@@ -152,11 +243,18 @@ class Block(nn.Module):
         everything after the attention on the n rows."""
         # recompute: the norms and the SwiGLU product keep only their inputs for backward (the
         # residual stream and the gate|up output, alive anyway) and run again there, instead of
-        # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory
-        h = checkpoint(self.attn_norm, x, use_reentrant=False) if recompute else self.attn_norm(x)
+        # saving their fp32 / bf16 outputs: bit-identical gradients, less activation memory.
+        # (In eager training the fp32 norms keep x and 1 / rms either way: RMSNormFunction.)
+        h = self._norm(self.attn_norm, x, recompute)
         x = (x if rows is None else rows.gather(x)) + self.attn(h, cos, sin, mask, cache, rows)
-        h = checkpoint(self.mlp_norm, x, use_reentrant=False) if recompute else self.mlp_norm(x)
+        h = self._norm(self.mlp_norm, x, recompute)
         return x + self.mlp(h, recompute=recompute)
+
+    @staticmethod
+    def _norm(norm, x, recompute):
+        if recompute and not norm.keeps_only_input(x):
+            return checkpoint(norm, x, use_reentrant=False)
+        return norm(x)
 
 
 class RowSelection(NamedTuple):
@@ -244,7 +342,7 @@ class Decoder(nn.Module):
             raise ValueError(f"cache: {start} cached + {T} new tokens exceed max_len {cache.max_len}")
         if positions is None:
             positions = torch.arange(start, start + T, device=device).expand(B, T)
-        x = self.embed(input_ids)
+        x = F.embedding(input_ids, self.embed.weight, sparse=self._sparse_embedding_grad(input_ids))
         # RoPE in the dtype q and k come out of the qkv matmul: the autocast dtype when it is on
         # (fp32 tables would promote q and k to fp32 and cost a cast back before attention)
         autocast = torch.is_autocast_enabled(device.type)
@@ -267,6 +365,16 @@ class Decoder(nn.Module):
         if return_hidden:
             return x
         return F.linear(x, self.output_weight)
+
+    def _sparse_embedding_grad(self, input_ids):
+        """Whether the lookup's gradient is the touched rows only (a sparse tensor): with tied
+        weights, when the batch has fewer tokens than half the vocabulary. Autograd adds it into
+        the output layer's dense [V, H] gradient in place, instead of a dense zero-filled [V, H]
+        lookup gradient and a second [V, H] sum (an untied lookup keeps the dense gradient the
+        optimizers expect)."""
+        weight = self.embed.weight
+        return (self.lm_head is None and weight.requires_grad and torch.is_grad_enabled()
+                and 2 * input_ids.numel() <= weight.shape[0])
 
     def _rope(self, positions, dtype):
         """cos and [-sin, sin] (see apply_rope) [B, T, 1, head_dim] for the given positions, in

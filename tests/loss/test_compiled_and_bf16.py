@@ -106,3 +106,24 @@ def test_vocab_blocks_under_autocast(monkeypatch, compile, weight_dtype):
     for index in (0, 1, 3, 4):
         assert relative_error(got[index], fp32_exact[index]) < 2e-2
     assert torch.equal(got[2], fp32_exact[2])
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_weight_cast_once_equals_the_per_block_casts(monkeypatch, compile):
+    # a small fp32 output layer under autocast is cast once per call instead of block by block
+    # for every chunk and pass: the same bf16 blocks, so the same numbers to the bit
+    import loss.linear_cross_entropy as lce
+    from torch.profiler import profile
+    monkeypatch.setattr(lce, "_VOCAB_BLOCK", 16)
+    inputs = make_inputs(70, **SHAPE, seed=17)
+    results, block_casts = [], []
+    for budget in (lce._CAST_ONCE_BYTES, 0):
+        monkeypatch.setattr(lce, "_CAST_ONCE_BYTES", budget)
+        with torch.autocast("cpu", dtype=torch.bfloat16), profile(record_shapes=True) as prof:
+            results.append(ours(*inputs, chunk_size=32, compile=compile))
+        block_casts.append(sum(e.name == "aten::copy_" and e.input_shapes[:2] == [[16, 24], [16, 24]]
+                               for e in prof.events()))
+    for once, blocks in zip(*results):
+        assert torch.equal(once, blocks)
+    # the per-block path casts the 8 full blocks again for every chunk (2 here) and pass (2)
+    assert block_casts[1] - block_casts[0] == 2 * 2 * 8

@@ -1,0 +1,174 @@
+"""The training step's CPU shortcuts against the paths they replace: attention on short rows as
+fp32 math instead of the flash kernel, and the tied embedding's gradient as the touched rows."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+import model.decoder as decoder
+from loss import weighted_linear_cross_entropy
+from loss.reference import naive_weighted_cross_entropy
+from model import Decoder, ModelConfig
+
+CONFIG = dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+              intermediate_size=48, tie_word_embeddings=True)
+
+
+def train_grads(dtype=torch.float32, autocast=True, rows=False, seed=0, **config):
+    """Loss and every parameter's gradient of one training forward/backward (the fused loss,
+    bf16 autocast as train.py), on a fresh model (init seed 3) in dtype."""
+    model = Decoder(ModelConfig(**{**CONFIG, **config}))
+    model.init_weights(3)
+    model.to(dtype).train()
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=gen)
+    targets = torch.randint(0, model.config.vocab_size, (36,), generator=gen)
+    weights = torch.ones(36, dtype=torch.float32)
+    weights[::3] = 0.0
+    selected = torch.nonzero(weights).squeeze(1) if rows else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        hidden = model(ids, return_hidden=True, rows=selected)
+        if selected is None:
+            hidden = hidden.flatten(0, 1)
+        else:
+            targets, weights = targets[selected], weights[selected]
+        if dtype == torch.float64:  # the exact reference: materialised logits
+            loss = naive_weighted_cross_entropy(hidden, model.output_weight, targets, weights)[0]
+        else:
+            loss = weighted_linear_cross_entropy(hidden, model.output_weight, targets, weights,
+                                                 compile=False)[0]
+    loss.backward()
+    return [loss.detach().double()] + [p.grad.double() for p in model.parameters()]
+
+
+def max_error(got, exact):
+    return max(((g - e).abs().max() / e.abs().max()).item() for g, e in zip(got, exact))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_math_attention_is_at_least_as_exact_as_flash(rows, monkeypatch):
+    exact = train_grads(torch.float64, autocast=False, rows=rows)
+    math = train_grads(rows=rows)
+    monkeypatch.setattr(decoder, "MATH_ATTENTION_MAX_KEYS", 0)  # the flash kernel, as before
+    flash = train_grads(rows=rows)
+    assert any(not torch.equal(a, b) for a, b in zip(math, flash))  # two different kernels ran
+    print(f"max relative error vs fp64: math {max_error(math, exact):.2e}, flash {max_error(flash, exact):.2e}, "
+          f"math vs flash {max_error(math, flash):.2e}")
+    assert max_error(math, flash) < 0.05  # bf16 autocast both: the same gradients to bf16 noise
+    assert max_error(math, exact) <= 1.25 * max_error(flash, exact)  # bf16 elsewhere dominates
+
+
+@pytest.mark.parametrize("case", ["causal", "causal_gqa", "mask_gqa"])
+def test_math_attention_is_closer_to_exact_than_flash(case):
+    gen = torch.Generator().manual_seed(7)
+    B, H, T, D = 3, 4, 20, 16
+    kv_heads = 2 if case.endswith("gqa") else 4
+    q = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(B, kv_heads, T, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    grad = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64)
+    mask, causal = None, True
+    if case == "mask_gqa":  # two segments per row, as packed rows
+        seg = (torch.arange(T) >= 8).long().expand(B, T)
+        mask = ((torch.arange(T)[None, :] <= torch.arange(T)[:, None]) & (seg[:, :, None] == seg[:, None, :]))[:, None]
+        mask, causal = mask.expand(B, 1, T, T), False
+    results = {}
+    for name, dtype in (("exact", torch.float64), ("math", torch.bfloat16), ("flash", torch.bfloat16)):
+        inputs = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
+        if name == "flash":
+            kk, vv = inputs[1:]
+            if mask is not None and kv_heads != H:  # as Attention.forward: the fused kernels take one of the two
+                kk, vv = kk.repeat_interleave(H // kv_heads, 1), vv.repeat_interleave(H // kv_heads, 1)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                inputs[0], kk, vv, attn_mask=mask, is_causal=causal, enable_gqa=kv_heads != H and mask is None)
+        else:
+            out = decoder.math_attention(*inputs, mask, causal)
+        out.backward(grad.to(dtype))
+        results[name] = [out.detach().double()] + [t.grad.double() for t in inputs]
+    math_error = max_error(results["math"], results["exact"])
+    flash_error = max_error(results["flash"], results["exact"])
+    assert math_error < 1e-2 and math_error <= flash_error
+
+
+def test_attention_outside_training_keeps_the_fused_kernel(monkeypatch):
+    model = Decoder(ModelConfig(**CONFIG))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids)
+    monkeypatch.setattr(decoder, "MATH_ATTENTION_MAX_KEYS", 0)
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_sparse_tied_embedding_gradient_matches_the_dense_one(rows, monkeypatch):
+    model = Decoder(ModelConfig(**CONFIG))
+    assert model._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))  # 36 tokens, 512 rows
+    sparse = train_grads(rows=rows)
+    monkeypatch.setattr(Decoder, "_sparse_embedding_grad", lambda self, ids: False)
+    dense = train_grads(rows=rows)
+    for a, b in zip(sparse, dense):
+        assert_close(a, b, rtol=1e-6, atol=1e-7)  # fp32 sums in another order
+
+
+def test_embedding_gradient_stays_dense_for_the_optimizer():
+    # untied, or more tokens than half the vocabulary: the dense lookup gradient
+    untied = Decoder(ModelConfig(**{**CONFIG, "tie_word_embeddings": False}))
+    assert not untied._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))
+    assert not Decoder(ModelConfig(**CONFIG))._sparse_embedding_grad(torch.zeros(16, 20, dtype=torch.long))
+    model = Decoder(ModelConfig(**CONFIG))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (3, 12), generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(ids, return_hidden=True).flatten(0, 1)
+        loss, _, _ = weighted_linear_cross_entropy(hidden, model.output_weight, ids.flatten(),
+                                                   torch.ones(36), compile=False)
+    loss.backward()
+    assert model.embed.weight.grad.layout == torch.strided
+    torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW takes dense gradients only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_function_gives_autograds_gradient_to_the_bit(dtype):
+    gate_up = torch.randn(3, 7, 2 * 24, generator=torch.Generator().manual_seed(4)).to(dtype)
+    grad = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(5)).to(dtype)
+    results = []
+    for fn in (decoder.swiglu, decoder.SwiGLU.apply):
+        x = gate_up.clone().requires_grad_()
+        out = fn(x)
+        out.backward(grad)
+        results.append((out.detach(), x.grad))
+    (out_a, grad_a), (out_b, grad_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+
+
+def test_recompute_still_keeps_only_the_inputs_of_the_product():
+    # SwiGLU saves gate|up alone, as the checkpointed swiglu did: no silu output kept for backward
+    saved = []
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        decoder.SwiGLU.apply(x)
+    assert saved == [torch.Size([4, 16])]
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 32), (5, 32)])
+def test_rms_norm_function_matches_autograds_chain(shape):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = 1 + 0.1 * torch.randn(shape[-1], generator=gen, dtype=torch.float64)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    norm = decoder.RMSNorm(shape[-1], 1e-5)
+    results = {}
+    for name, dtype in (("exact", torch.float64), ("plain", torch.float32), ("function", torch.float32)):
+        xx = x.to(dtype, copy=True).requires_grad_()
+        norm.weight = torch.nn.Parameter(weight.to(dtype, copy=True))
+        if name == "function":
+            out = norm(xx)
+            assert out.grad_fn.name() == "RMSNormFunctionBackward"
+        else:
+            out = norm.weight * torch.nn.functional.rms_norm(xx, (shape[-1],), eps=1e-5)
+        out.backward(grad.to(dtype))
+        results[name] = [out.detach().double(), xx.grad.double(), norm.weight.grad.double()]
+    assert torch.equal(results["function"][0], results["plain"][0])  # the same forward, to the bit
+    for got, plain, exact in zip(results["function"], results["plain"], results["exact"]):
+        assert_close(got, plain, rtol=1e-5, atol=1e-6)
+        assert (got - exact).abs().max() <= 2 * (plain - exact).abs().max() + 1e-7
