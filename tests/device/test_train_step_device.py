@@ -129,8 +129,13 @@ def test_training_step_matches_transformers_reference(precision, packed, stage, 
         for name, grad in expected["grads"].items():
             assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
         for name, param in expected["after"].items():
-            # AdamW's first step moves each weight by about lr; 1% of that is a real difference
-            assert_close(got["after"][name], param, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            # AdamW's first step moves each weight by lr * g / (|g| + eps), about lr; 1% of that is
+            # a real difference. Where |g| is within the gradient tolerance (1e-6) of zero that
+            # ratio follows the rounding of g, so those few weights are left out.
+            steady = expected["grads"][name].abs() > 1e-6
+            assert steady.float().mean() > 0.9
+            assert_close(got["after"][name][steady], param[steady], rtol=0, atol=1e-5,
+                         msg=lambda m: f"{name}: {m}")
         return
     # bf16 autocast: within bf16 rounding of the fp32 reference, tensor by tensor
     assert abs(got["loss"] - expected["loss"]) < 1e-2 * abs(expected["loss"])
