@@ -296,16 +296,19 @@ def optimizer_step(model, optimizer, scaler, grad_clip, where, dist=Dist()):
 @torch.no_grad()
 def check_finite_weights(model, where, dist=Dist()):
     """One pass over the weights after an optimizer step, before they can be saved: raises
-    TrainError naming the first tensor with a NaN or an infinity (FSDP2: each rank counts in its
-    shards, the counts are added up, so every rank stops together)."""
+    TrainError naming the first tensor with a NaN or an infinity. One foreach norm per step (a NaN
+    or infinity makes its tensor's norm non-finite); FSDP2: each rank's shard norms are added up,
+    so every rank stops together. Only on failure are the bad values counted."""
     params = [(name, p.to_local() if hasattr(p, "to_local") else p) for name, p in model.named_parameters()]
-    counts = dist.sum(torch.stack([(~torch.isfinite(p)).sum() for _, p in params])).cpu()
-    if counts.any():
-        i = int(counts.nonzero()[0])
+    norms = dist.sum(torch.stack(torch._foreach_norm([p for _, p in params]))).cpu()
+    if not torch.isfinite(norms).all():
+        i = int((~torch.isfinite(norms)).nonzero()[0])
         name, p = params[i]
+        counts = dist.sum((~torch.isfinite(p)).sum()[None]).cpu()
+        what = (f"{int(counts[0])} non-finite values" if counts[0] else
+                "finite values too large for its norm, above ~1e19")
         raise TrainError(f"{where}: weight {name} is not finite after the optimizer step "
-                         f"({int(counts[i])} non-finite values); stopping before any checkpoint is "
-                         "written from it")
+                         f"({what}); stopping before any checkpoint is written from it")
 
 
 @torch.no_grad()
