@@ -36,8 +36,10 @@ def main():
     args = p.parse_args()
     sides = []
     for spec in args.side:
-        name, rest = spec.split("=", 1)
+        name, eq, rest = spec.partition("=")
         directory, _, extra = rest.partition("@")
+        if not (name and eq and os.path.isfile(os.path.join(directory, "train.py"))):
+            p.error(f"--side {spec!r}: need NAME=DIR[@ARGS] with DIR holding train.py")
         sides.append((name, os.path.abspath(directory), args.common + shlex.split(extra)))
     times = {name: [] for name, _, _ in sides}
     with tempfile.TemporaryDirectory() as tmp:

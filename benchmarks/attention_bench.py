@@ -6,6 +6,7 @@ heads; sides alternate, best of 10 steps each.
 
 The decoder trains with math_attention up to MATH_ATTENTION_MAX_KEYS keys on CPU (model/decoder.py).
 """
+import argparse
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ def timed(step):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sides = {"flash": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
              "math": lambda q, k, v: math_attention(q, k, v, None, True)}
     print(f"{torch.get_num_threads()} threads, load avg {'/'.join(f'{x:.1f}' for x in os.getloadavg())}; "
