@@ -22,12 +22,22 @@ def tail_improvement(records, stage, metric="val_cot_nll", fraction=TAIL_FRACTIO
             "relative": (start - end) / start if start else 0.0}
 
 
+def change(relative):
+    """'12.3% lower' / '0.6% higher' for a relative fall (start - end) / start."""
+    return f"{100 * abs(relative):.1f}% {'lower' if relative >= 0 else 'higher'}"
+
+
 def report(records, stage, fraction=TAIL_FRACTION):
-    """One line for the end of a stage: the validation CoT NLL over its last steps."""
+    """One line for the end of a stage: the validation CoT and Key NLL over its last steps, three
+    significant figures (a CoT NLL near zero still shows its relative fall)."""
     tail = tail_improvement(records, stage, fraction=fraction)
     if tail is None:
         return f"stage {stage}: convergence not measured (fewer than two validation points)"
     share = 1 - tail["start_step"] / tail["end_step"]
-    return (f"stage {stage}: val CoT NLL {tail['start']:.4f} at step {tail['start_step']} -> "
-            f"{tail['end']:.4f} at step {tail['end_step']}: {100 * tail['relative']:.1f}% lower over "
-            f"the last {100 * share:.0f}% of steps")
+    line = (f"stage {stage}: over the last {100 * share:.0f}% of steps (step {tail['start_step']} -> "
+            f"{tail['end_step']}) val CoT NLL {tail['start']:.3g} -> {tail['end']:.3g} "
+            f"({change(tail['relative'])})")
+    key = tail_improvement(records, stage, metric="val_key_nll", fraction=fraction)
+    if key is not None:
+        line += f", val Key NLL {key['start']:.3g} -> {key['end']:.3g} ({change(key['relative'])})"
+    return line
