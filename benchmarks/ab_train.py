@@ -22,9 +22,12 @@ import time
 
 
 def run(directory, args, out):
+    """Wall time of one train.py process into a new folder `out` (train.py refuses a used one)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", "--out", out, *args], cwd=directory, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "train.py", "--out", out, *args], cwd=directory,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"train.py in {directory} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -45,10 +48,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name, directory, side_args in sides:
             run(directory, side_args + ["--set", "stage1.max_steps=2", "--set", "stage2.max_steps=1",
-                                        "--set", "eval=false"], os.path.join(tmp, "warm"))
+                                        "--set", "eval=false"], os.path.join(tmp, f"warm-{name}"))
         for r in range(args.rounds):
             for name, directory, side_args in sides if r % 2 == 0 else sides[::-1]:
-                t = run(directory, side_args, os.path.join(tmp, name))
+                t = run(directory, side_args, os.path.join(tmp, f"{name}-{r}"))
                 times[name].append(t)
                 print(f"round {r} {name}: {t:.1f} s, load avg {'/'.join(f'{x:.1f}' for x in os.getloadavg())}",
                       flush=True)
