@@ -46,6 +46,7 @@ from training import TrainError, checkpoint
 from training.config_io import resolve_config
 from training.distributed import Dist, clip_grad_norm, grad_sync, setup_distributed, wrap_model
 from training.loggers import LoggerError, ViewedLog, check_installed, open_viewers
+from training.malloc import keep_freed_memory
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -467,6 +468,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     check_out(cfg)
     dist, device = setup_distributed(cfg)
+    allocator = keep_freed_memory() if device.type == "cpu" else None  # before the first big allocation
     if not dist.main:
         sys.stdout = open(os.devnull, "w")  # rank 0 prints for everyone; errors still reach stderr
     torch.manual_seed(cfg.seed)
@@ -486,7 +488,8 @@ def main(argv=None):
           f"examples; {json.dumps(train.stats)}")
     model = build_model(cfg, tok, device)
     model.gradient_checkpointing = cfg.grad_checkpointing
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}"
+          + (f"; {allocator}" if allocator else ""))
     check_installed(cfg.log)  # the last check before start_out may delete an earlier run
     if dist.main:
         start_out(cfg)
