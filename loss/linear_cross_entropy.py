@@ -13,6 +13,7 @@ import torch
 from loss.chunk_kernel import get_chunk_kernel
 
 DEFAULT_CHUNK_SIZE = 256
+_ROW_MULTIPLE = 32
 _VOCAB_BLOCK = 8192
 # up to this size the cast output weight is made once per call; above it (Qwen2.5's [151936, 896]:
 # 260 MiB) block by block into one reused buffer, keeping the loss's extra memory small
@@ -36,15 +37,22 @@ def weighted_linear_cross_entropy(hidden, output_weight, targets, token_weights,
     _check_inputs(hidden, output_weight, targets, token_weights, roles, num_roles, z_loss, chunk_size)
     device = hidden.device
     kept = torch.nonzero((token_weights != 0) & (targets != ignore_index)).squeeze(1)
-    kept_targets = targets.index_select(0, kept)
-    kept_weights = token_weights.index_select(0, kept).float()
+    n = kept.numel()
+    # the last kept token repeated with weight 0 up to a multiple of _ROW_MULTIPLE: the last
+    # chunk's matmuls then come in a few shapes, not a new one for almost every batch (oneDNN
+    # JIT-compiles a kernel per shape on CPU). Exact: zero weight, zero gradient, nll dropped.
+    padded = kept if n == 0 else torch.cat((kept, kept[-1:].expand(-n % _ROW_MULTIPLE)))
+    kept_targets = targets.index_select(0, padded)
+    kept_weights = token_weights.index_select(0, padded).float()
+    kept_weights[n:] = 0.0
     _check_kept(kept_targets, kept_weights, output_weight.shape[0])
 
     matmul_dtype = _matmul_dtype(hidden, output_weight)
-    kept_hidden = hidden.index_select(0, kept)
+    kept_hidden = hidden.index_select(0, padded)
     loss_sum, kept_nll = _LinearCrossEntropy.apply(
         kept_hidden, output_weight, kept_targets, kept_weights, matmul_dtype,
         float(z_loss), bool(dft), int(chunk_size), bool(compile))
+    kept_nll = kept_nll[:n]
 
     role_nll_sum = torch.zeros(num_roles, dtype=torch.float32, device=device)
     role_count = torch.zeros(num_roles, dtype=torch.long, device=device)

@@ -257,27 +257,39 @@ class Block(nn.Module):
         return norm(x)
 
 
+def padded_count(n):
+    """n rounded up to a multiple of max(32, 2 ** (bit_length(n) - 6)): at most 31 rows or ~3%
+    more. A matmul over the n selected rows is a new shape for almost every batch, and oneDNN
+    builds (JIT-compiles) a kernel for every new shape on CPU; rounded, a run sees a few dozen."""
+    step = max(32, 1 << max(n.bit_length() - 6, 0))
+    return -(-n // step) * step
+
+
 class RowSelection(NamedTuple):
     """Which positions' final hidden states a forward must produce (Decoder.forward(rows=...)).
-    rows [n]: flat indices b * T + t, ascending; slots [n]: where each sits in a [B, width] query
-    layout (b * width + its rank within row b); mask [B, 1, width, T]: causal and same-segment."""
+    rows [m]: flat indices b * T + t, ascending, of the n selected positions, then the last one
+    repeated up to m = padded_count(n) (the last layer's matmuls run on m rows, whose surplus is
+    dropped: exact, its gradient is zero); slots [m]: where each sits in a [B, width] query layout
+    (b * width + its rank within row b); mask [B, 1, width, T]: causal and same-segment."""
     rows: torch.Tensor
     slots: torch.Tensor
     mask: torch.Tensor
+    n: int
 
     def gather(self, x):
-        """[B, T, ...] -> [n, ...]: the selected positions."""
+        """[B, T, ...] -> [m, ...]: the selected positions (and the repeats)."""
         return x.flatten(0, 1).index_select(0, self.rows)
 
     def to_slots(self, x):
         """[B, T, ...] -> [B, width, ...]: the selected positions of row b in slots b * width ...;
         unused slots are zeros (their queries see key 0 only, and their outputs are dropped)."""
         B, width = self.mask.shape[0], self.mask.shape[2]
-        slots = x.new_zeros(B * width, *x.shape[2:]).index_copy(0, self.slots, self.gather(x))
+        slots = x.new_zeros(B * width, *x.shape[2:]).index_copy(
+            0, self.slots[:self.n], x.flatten(0, 1).index_select(0, self.rows[:self.n]))
         return slots.view(B, width, *x.shape[2:])
 
     def from_slots(self, y):
-        """[B, width, ...] -> [n, ...]: the inverse of to_slots."""
+        """[B, width, ...] -> [m, ...]: the inverse of to_slots (and the repeats)."""
         return y.flatten(0, 1).index_select(0, self.slots)
 
     @staticmethod
@@ -302,7 +314,11 @@ class RowSelection(NamedTuple):
             query_seg = segment_ids[:, :1].expand(B, width).flatten().index_copy(
                 0, slots, segment_ids.flatten().index_select(0, rows))
             mask = mask & (query_seg.view(B, width, 1) == segment_ids[:, None, :])
-        return RowSelection(rows, slots, mask[:, None])
+        n = rows.numel()
+        extra = padded_count(n) - n
+        if extra:
+            rows, slots = torch.cat((rows, rows[-1:].expand(extra))), torch.cat((slots, slots[-1:].expand(extra)))
+        return RowSelection(rows, slots, mask[:, None], n)
 
 
 class Decoder(nn.Module):
@@ -361,6 +377,8 @@ class Decoder(nn.Module):
                 x = layer(x, cos, sin, layer_mask, cache, recompute, last)
         if cache is not None:
             cache.length += T
+        if select is not None:
+            x = x[:select.n]
         x = self.norm(x)
         if return_hidden:
             return x

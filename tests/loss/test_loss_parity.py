@@ -125,3 +125,26 @@ def test_golden_values_with_uniform_logits(compile):
         loss_sum, _, _ = weighted_linear_cross_entropy(hidden, weight, targets, token_weights,
                                                        compile=compile, **options)
         torch.testing.assert_close(loss_sum, expected)
+
+
+def test_kept_tokens_padded_to_a_multiple_of_32_with_zero_weight(monkeypatch):
+    # 45 tokens, 37 kept: the chunk math sees 64 rows (27 repeats of the last kept token at weight
+    # 0, so the last chunk's matmuls come in few shapes); loss, stats and gradients stay the naive ones
+    import loss.linear_cross_entropy as lce
+    seen = []
+    real = lce._chunked_forward_backward
+
+    def spy(hidden, weight, targets, token_weights, *rest):
+        seen.append((hidden.shape[0], token_weights.clone()))
+        return real(hidden, weight, targets, token_weights, *rest)
+    monkeypatch.setattr(lce, "_chunked_forward_backward", spy)
+    inputs = make_inputs(45, 16, 50, seed=7, zero_fraction=0.0, ignore_fraction=0.0)
+    token_weights = inputs[3].clone()
+    token_weights[[0, 5, 9, 20, 21, 30, 31, 44]] = 0.0
+    inputs = (*inputs[:3], token_weights, inputs[4])
+    got = ours(*inputs, chunk_size=16, compile=False)
+    assert_matches(got, naive(*inputs))
+    (rows, weights), = seen
+    assert rows == 64 and torch.equal(weights[:37], token_weights[token_weights != 0])
+    assert not weights[37:].any()
+    assert got[2].sum().item() == 37

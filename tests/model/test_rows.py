@@ -115,3 +115,16 @@ def test_bad_rows_are_an_error_naming_them(rows):
     # unsorted or repeated rows would put two queries in one slot: refuse, never compute garbage
     with pytest.raises(ValueError, match="rows: expected"):
         _small_model()(IDS, rows=rows)
+
+
+def test_row_count_is_padded_and_the_surplus_dropped():
+    from model.decoder import RowSelection, padded_count
+    # a multiple of 32, or of 2 ** (bit_length - 6) above 2048 rows: at most 31 rows or ~3% more
+    assert [padded_count(n) for n in (0, 1, 13, 32, 33, 1100, 2047, 2049, 5000)] == \
+        [0, 32, 32, 32, 64, 1120, 2048, 2112, 5120]
+    select = RowSelection.build(ROWS, SEGMENTS, B, T)
+    assert select.n == 13 and select.rows.shape == select.slots.shape == (32,)
+    assert torch.equal(select.rows[:13], ROWS) and (select.rows[13:] == ROWS[-1]).all()
+    assert (select.slots[13:] == select.slots[12]).all()
+    model = _small_model()
+    assert model(IDS, rows=ROWS).shape == (13, model.config.vocab_size)
