@@ -20,10 +20,11 @@ Two ways to share the machine:
   finishes first leaves the others the machine's memory bandwidth to themselves, which favours the
   slower side (a ratio to a slower first side comes out higher than run alone).
 
-Besides the wall time, each side's optimizer steps are paired with the first side's same step
-(stage, step; same seed, so the same batch) from log.jsonl's tokens_per_s: the median of these
-per-step ratios over all rounds is the step's own ratio, which a slow stretch of a few seconds
-moves far less than the wall time.
+Besides the wall time, each side's optimizer steps are paired with the first side's same steps
+(stage, step; same seed, so the same batches) from log.jsonl's tokens_per_s: the time of all
+paired steps over the first side's, per round (the training loop alone, without start-up,
+validation and evaluation), and the median of the per-step ratios over all rounds (the typical
+step: a slow stretch of a few seconds hardly moves it, nor does a cost paid only on some steps).
 """
 import argparse
 import json
@@ -116,15 +117,18 @@ def main():
     first = sides[0][0]
     how = "at once, a core and one thread each" if args.concurrent else "one at a time"
     print(f"\ntrain.py {' '.join(args.common)}; {args.rounds} round(s), {how}; medians\n")
-    print(f"| side | args | wall s | / {first} (median, min-max) | steps paired | step / {first} (median) |\n"
-          f"|---|---|---|---|---|---|")
+    print(f"| side | args | wall s | / {first} (median, min-max) | steps paired | all steps / {first} "
+          f"(median, min-max) | step / {first} (median) |\n|---|---|---|---|---|---|---|")
     for name, directory, side_args in sides:
         ratios = [b / a for a, b in zip(times[first], times[name])]
-        paired = [b[key] / a[key] for a, b in zip(steps[first], steps[name]) for key in a.keys() & b.keys()]
-        step_ratio = f"{statistics.median(paired):.3f}x" if paired else "-"
+        pairs = [[(a[key], b[key]) for key in a.keys() & b.keys()] for a, b in zip(steps[first], steps[name])]
+        totals = [sum(b for _, b in p) / sum(a for a, _ in p) for p in pairs if p]
+        per_step = [b / a for p in pairs for a, b in p]
         print(f"| {name} | {' '.join(side_args[len(args.common):]) or '-'} | "
               f"{statistics.median(times[name]):.1f} | {statistics.median(ratios):.3f}x "
-              f"({min(ratios):.3f}-{max(ratios):.3f}) | {len(paired)} | {step_ratio} |")
+              f"({min(ratios):.3f}-{max(ratios):.3f}) | {len(per_step)} | "
+              + (f"{statistics.median(totals):.3f}x ({min(totals):.3f}-{max(totals):.3f}) | "
+                 f"{statistics.median(per_step):.3f}x |" if per_step else "- | - |"))
 
 
 if __name__ == "__main__":
