@@ -201,7 +201,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=6, help="ops listed per bucket")
+    tb.add_allocator_option(parser)
     args = parser.parse_args()
+    args.memory_child = None
+    tb.keep_memory(args)
     args.grad_ckpt = False
     device = torch.device("cpu")
     label_math_attention()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from benchmarks.proc_status import status_bytes  # noqa: E402
+from training.malloc import keep_freed_memory  # noqa: E402
 
 SMOLLM2_135M = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152,
                     hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -313,7 +314,7 @@ def memory_table(args, device):
             cmd += ["--compile"] * args.compile + ["--no-compile-loss"] * (not args.compile_loss)
             cmd += ["--loss-outside-autocast"] * args.loss_outside_autocast
             cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--no-recompute"] * args.no_recompute
-            cmd += ["--no-select-rows"] * args.no_select_rows
+            cmd += ["--no-select-rows"] * args.no_select_rows + ["--allocator", args.allocator]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             result[side] = json.loads(out.strip().splitlines()[-1])
         o, h = result["ours"], result["hf"]
@@ -385,6 +386,18 @@ def stages_table(args, device):
     sys.stdout.flush()
 
 
+def add_allocator_option(parser):
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory (training.malloc), as train.py on CPU, for "
+                             "the whole process (both sides of a speed table; our side of the memory "
+                             "table, transformers' side runs with glibc's defaults); default: glibc's defaults")
+
+
+def keep_memory(args):
+    if args.allocator == "keep" and args.memory_child != "hf":
+        keep_freed_memory()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=4)
@@ -420,7 +433,9 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--memory-steps", type=int, default=2)
     p.add_argument("--memory-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    add_allocator_option(p)
     args = p.parse_args()
+    keep_memory(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     global ADAMW, SELECT_ROWS
