@@ -17,8 +17,8 @@ Two ways to share the machine:
 - --concurrent: all sides at once, each on a core of its own with one thread (OMP_NUM_THREADS=1,
   CPU affinity), the cores rotating every round. Whatever else slows the machine down during a
   round slows every side alike, so on a noisy machine the ratios are far tighter. A side that
-  finishes first leaves the others the machine's memory bandwidth to themselves, which favours the
-  slower side (a ratio to a slower first side comes out higher than run alone).
+  finishes first starts again, untimed, until the round's last side is done: no timed run has the
+  machine (its memory bandwidth, its shared cache) to itself.
 
 Besides the wall time, each side's optimizer steps are paired with the first side's same steps
 (stage, step; same seed, so the same batches) from log.jsonl's tokens_per_s: the time of all
@@ -49,16 +49,25 @@ def start(directory, args, out, core=None):
 
 
 def finish(procs):
-    """Waits for procs {key: (Popen, directory, args, out, start time)}; returns {key: (wall time,
-    seconds per target token at each optimizer step {(stage, step): 1 / tokens_per_s})}."""
-    walls = {}
-    while len(walls) < len(procs):
-        for key, (proc, *_, t0) in procs.items():
-            if key not in walls and proc.poll() is not None:
-                walls[key] = time.perf_counter() - t0
-        time.sleep(0.02)
+    """Waits for procs {key: (Popen, directory, args, out, start time, core)}; returns {key: (wall
+    time, seconds per target token at each optimizer step {(stage, step): 1 / tokens_per_s})}.
+    A pinned process (core set) that ends while others still run is started again on its core
+    into a scratch folder, untimed, so that no timed run ever has the machine to itself."""
+    walls, fillers = {}, []
+    try:
+        while len(walls) < len(procs):
+            for key, (proc, directory, args, out, t0, core) in procs.items():
+                if key not in walls and proc.poll() is not None:
+                    walls[key] = time.perf_counter() - t0
+                    if proc.returncode == 0 and core is not None and len(walls) < len(procs):
+                        fillers.append(start(directory, args, f"{out}-filler{len(fillers)}", core))
+            time.sleep(0.02)
+    finally:
+        for filler in fillers:
+            filler.kill()
+            filler.wait()
     done = {}
-    for key, (proc, directory, args, out, _) in procs.items():
+    for key, (proc, directory, args, out, *_) in procs.items():
         if proc.returncode:
             for other, *_ in procs.values():
                 other.kill()
@@ -76,7 +85,7 @@ def run_all(group, concurrent, rnd):
     procs, done = {}, {}
     for k, (name, directory, args, out) in enumerate(group):
         core = cores[(k + rnd) % len(cores)] if concurrent else None
-        procs[name] = (start(directory, args, out, core), directory, args, out, time.perf_counter())
+        procs[name] = (start(directory, args, out, core), directory, args, out, time.perf_counter(), core)
         if not concurrent:
             done.update(finish({name: procs.pop(name)}))
     done.update(finish(procs))
