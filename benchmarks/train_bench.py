@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from benchmarks.proc_status import status_bytes  # noqa: E402
-from training.malloc import keep_freed_memory  # noqa: E402
 
 SMOLLM2_135M = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152,
                     hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -395,6 +394,7 @@ def add_allocator_option(parser):
 
 def keep_memory(args):
     if args.allocator == "keep" and args.memory_child != "hf":
+        from training.malloc import keep_freed_memory  # here: --allocator default runs in older checkouts
         keep_freed_memory()
 
 
