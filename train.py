@@ -237,13 +237,13 @@ def sftkey_loss(model, batch, role_weights, select_rows=True, z_loss=0.0, dft=Fa
     targets, roles = batch["targets"].to(device).flatten(), batch["roles"].to(device).flatten()
     weights = role_weights[roles]
     rows = torch.nonzero((weights != 0) & (targets != IGNORE_INDEX)).squeeze(1) if select_rows else None
-    hidden = model(ids, positions=batch["positions"].to(device), segment_ids=segments, return_hidden=True,
-                   rows=rows)
+    hidden, output_weight = model(ids, positions=batch["positions"].to(device), segment_ids=segments,
+                                  return_hidden=True, rows=rows, return_output_weight=True)
     if rows is None:
         hidden = hidden.flatten(0, 1)
     else:
         targets, roles, weights = targets[rows], roles[rows], weights[rows]
-    return weighted_linear_cross_entropy(hidden, model.output_weight, targets, weights, roles,
+    return weighted_linear_cross_entropy(hidden, output_weight, targets, weights, roles,
                                          z_loss=z_loss, dft=dft, compile=compile)
 
 

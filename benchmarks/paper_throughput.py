@@ -85,8 +85,8 @@ def measure(name, hf_dict, args, device):
         sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            hidden = model(ids, return_hidden=True, rows=rows)
-            loss_sum, _, _ = weighted_linear_cross_entropy(hidden, model.output_weight, targets[rows], weights[rows])
+            hidden, output_weight = model(ids, return_hidden=True, rows=rows, return_output_weight=True)
+            loss_sum, _, _ = weighted_linear_cross_entropy(hidden, output_weight, targets[rows], weights[rows])
         (loss_sum / weights.sum()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -32,7 +32,7 @@ SHORTCUTS = {
     "RMSNorm function": (decoder.RMSNorm, "keeps_only_input", lambda self, x: False),
     "SwiGLU function": (decoder.SwiGLU, "apply",
                         staticmethod(lambda gate_up: checkpoint(decoder.swiglu, gate_up, use_reentrant=False))),
-    "sparse tied embedding grad": (decoder.Decoder, "_sparse_embedding_grad", lambda self, ids: False),
+    "tied lookup into the loss gradient": (decoder.Decoder, "_tied_lookup", lambda self, ids: False),
     "loss weight cast once": (lce, "_CAST_ONCE_BYTES", 0),
     "clip skips x1.0": (distributed, "clip_grad_norm",
                         lambda params, max_norm: torch.nn.utils.clip_grad_norm_(params, max_norm).item()),

@@ -144,12 +144,14 @@ def ours_step(model, forward, optimizer, batch, weights, precision, compile_loss
         rows = torch.nonzero((weights != 0) & (targets != -100)).squeeze(1)
         targets, roles, weights = targets[rows], roles[rows], weights[rows]
     with autocast, phase("forward"):
-        hidden = forward(batch["input_ids"], return_hidden=True, rows=rows).flatten(0, -2)
+        hidden, output_weight = forward(batch["input_ids"], return_hidden=True, rows=rows,
+                                        return_output_weight=True)
+        hidden = hidden.flatten(0, -2)
     # --loss-outside-autocast: the output matmuls then run in the weights' dtype
     with (autocast if loss_in_autocast else torch.autocast(batch["input_ids"].device.type, enabled=False),
           phase("loss")):
         loss_sum, _, _ = weighted_linear_cross_entropy(
-            hidden, model.output_weight, targets, weights, roles, compile=compile_loss)
+            hidden, output_weight, targets, weights, roles, compile=compile_loss)
     loss = loss_sum / weights.sum()
     with phase("backward"):
         loss.backward()

@@ -8,6 +8,8 @@ kernel turns them into their gradient in place, then a second pass over the bloc
 chunk's share of both gradients into fp32 accumulators. Peak extra memory: one [chunk, V] buffer,
 one [block, H] cast buffer and product, and the gradients themselves.
 """
+import weakref
+
 import torch
 
 from loss.chunk_kernel import get_chunk_kernel
@@ -19,6 +21,16 @@ _VOCAB_BLOCK = 8192
 # 260 MiB) block by block into one reused buffer, keeping the loss's extra memory small
 _CAST_ONCE_BYTES = 64 * 2 ** 20
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# weight gradients this loss's backward made and handed to autograd, which no other tensor shares
+# (id -> tensor, weakly held): see take_fresh_gradient
+_FRESH = weakref.WeakValueDictionary()
+
+
+def take_fresh_gradient(grad):
+    """True, once, when grad is the output-weight gradient this loss's backward made and handed to
+    autograd unchanged: a node further down the backward (model.decoder.TiedLookup, the lookup of
+    the same tied weight) may then add into it in place instead of into a copy."""
+    return grad is not None and _FRESH.pop(id(grad), None) is grad
 
 
 def weighted_linear_cross_entropy(hidden, output_weight, targets, token_weights, roles=None, *,
@@ -93,6 +105,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(grad_loss).to(ctx.hidden_dtype)
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
+            _FRESH[id(grad_weight)] = grad_weight
         return grad_hidden, grad_weight, None, None, None, None, None, None, None
 
 

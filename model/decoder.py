@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from loss.linear_cross_entropy import take_fresh_gradient
 from model.config import ModelConfig
 
 
@@ -229,6 +230,38 @@ class SwiGLU(torch.autograd.Function):
         return grad_gate_up
 
 
+class TiedLookup(torch.autograd.Function):
+    """The input-embedding lookup of a tied weight that also passes the weight on, for the output
+    layer (a view of it, the forward's second output). Backward adds the batch's lookup rows
+    (index_add_) straight into the output layer's [V, H] gradient when that arrives unchanged from
+    weighted_linear_cross_entropy (loss.linear_cross_entropy.take_fresh_gradient): the rows are the
+    only work. Through autograd alone the lookup's gradient is sparse, and autograd adds a sparse
+    gradient into a dense one out of place, into a fresh [V, H] tensor (113 MB for SmolLM2's
+    vocabulary, every step). The sum is made before the weight's gradient is accumulated, so
+    accumulation hooks (DDP's reducer, FSDP2) see it whole. The same numbers to the bit as
+    F.embedding(sparse=True) with the same output-layer gradient; any other gradient (the logits
+    path, several uses) gets the rows added into a copy, and none at all a dense lookup gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, input_ids):
+        ctx.save_for_backward(input_ids)
+        ctx.weight_shape = weight.shape
+        return F.embedding(input_ids, weight), weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_weight):
+        ids, = ctx.saved_tensors
+        ids = ids.reshape(-1)
+        if grad_rows is None:
+            return grad_weight, None
+        grad_rows = grad_rows.reshape(ids.numel(), -1)
+        if grad_weight is None:
+            grad_weight = torch.zeros(ctx.weight_shape, dtype=grad_rows.dtype, device=grad_rows.device)
+        elif not take_fresh_gradient(grad_weight):
+            grad_weight = grad_weight.clone()
+        return grad_weight.index_add_(0, ids, grad_rows.to(grad_weight.dtype)), None
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -342,13 +375,16 @@ class Decoder(nn.Module):
         w = self.embed.weight
         return KVCache(self.config, batch_size, max_len, w.dtype, w.device)
 
-    def forward(self, input_ids, positions=None, segment_ids=None, cache=None, return_hidden=False, rows=None):
+    def forward(self, input_ids, positions=None, segment_ids=None, cache=None, return_hidden=False, rows=None,
+                return_output_weight=False):
         """Logits [B, T, V] (or the final hidden states [B, T, H] with return_hidden). rows: flat
         indices b * T + t (ascending) of the only positions whose output is needed, e.g. those whose
         next token carries loss: then the result is [n, V] / [n, H] for those rows, and the last
         layer runs the same block with its queries gathered to the n rows (RowSelection): keys and
         values for every position, attention, output projection and MLP for the n rows only
-        (training; not with a cache)."""
+        (training; not with a cache). return_output_weight: (result, the [V, H] weight to apply to
+        the hidden states), the weight a training forward's tied lookup passed on (TiedLookup),
+        else output_weight."""
         B, T = input_ids.shape
         device = input_ids.device
         start = 0 if cache is None else cache.length
@@ -358,7 +394,10 @@ class Decoder(nn.Module):
             raise ValueError(f"cache: {start} cached + {T} new tokens exceed max_len {cache.max_len}")
         if positions is None:
             positions = torch.arange(start, start + T, device=device).expand(B, T)
-        x = F.embedding(input_ids, self.embed.weight, sparse=self._sparse_embedding_grad(input_ids))
+        if self._tied_lookup(input_ids):
+            x, output_weight = TiedLookup.apply(self.embed.weight, input_ids)
+        else:
+            x, output_weight = F.embedding(input_ids, self.embed.weight), self.output_weight
         # RoPE in the dtype q and k come out of the qkv matmul: the autocast dtype when it is on
         # (fp32 tables would promote q and k to fp32 and cost a cast back before attention)
         autocast = torch.is_autocast_enabled(device.type)
@@ -380,16 +419,14 @@ class Decoder(nn.Module):
         if select is not None:
             x = x[:select.n]
         x = self.norm(x)
-        if return_hidden:
-            return x
-        return F.linear(x, self.output_weight)
+        out = x if return_hidden else F.linear(x, output_weight)
+        return (out, output_weight) if return_output_weight else out
 
-    def _sparse_embedding_grad(self, input_ids):
-        """Whether the lookup's gradient is the touched rows only (a sparse tensor): with tied
-        weights, when the batch has fewer tokens than half the vocabulary. Autograd adds it into
-        the output layer's dense [V, H] gradient in place, instead of a dense zero-filled [V, H]
-        lookup gradient and a second [V, H] sum (an untied lookup keeps the dense gradient the
-        optimizers expect)."""
+    def _tied_lookup(self, input_ids):
+        """Whether the lookup runs as TiedLookup: tied weights in a training forward whose batch has
+        fewer tokens than half the vocabulary. Otherwise the dense lookup gradient (zero-filled
+        [V, H], the batch's rows added), which autograd adds in place into the output layer's;
+        an untied lookup always has it."""
         weight = self.embed.weight
         return (self.lm_head is None and weight.requires_grad and torch.is_grad_enabled()
                 and 2 * input_ids.numel() <= weight.shape[0])

@@ -1,7 +1,9 @@
 """The training step's CPU shortcuts against the paths they replace: attention on short rows as
-fp32 math instead of the flash kernel, and the tied embedding's gradient as the touched rows."""
+fp32 math instead of the flash kernel, and the tied embedding's gradient as the touched rows added
+into the output layer's."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
 import model.decoder as decoder
@@ -26,15 +28,15 @@ def train_grads(dtype=torch.float32, autocast=True, rows=False, seed=0, **config
     weights[::3] = 0.0
     selected = torch.nonzero(weights).squeeze(1) if rows else None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        hidden = model(ids, return_hidden=True, rows=selected)
+        hidden, output_weight = model(ids, return_hidden=True, rows=selected, return_output_weight=True)
         if selected is None:
             hidden = hidden.flatten(0, 1)
         else:
             targets, weights = targets[selected], weights[selected]
         if dtype == torch.float64:  # the exact reference: materialised logits
-            loss = naive_weighted_cross_entropy(hidden, model.output_weight, targets, weights)[0]
+            loss = naive_weighted_cross_entropy(hidden, output_weight, targets, weights)[0]
         else:
-            loss = weighted_linear_cross_entropy(hidden, model.output_weight, targets, weights,
+            loss = weighted_linear_cross_entropy(hidden, output_weight, targets, weights,
                                                  compile=False)[0]
     loss.backward()
     return [loss.detach().double()] + [p.grad.double() for p in model.parameters()]
@@ -100,31 +102,90 @@ def test_attention_outside_training_keeps_the_fused_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [False, True])
-def test_sparse_tied_embedding_gradient_matches_the_dense_one(rows, monkeypatch):
-    model = Decoder(ModelConfig(**CONFIG))
-    assert model._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))  # 36 tokens, 512 rows
-    sparse = train_grads(rows=rows)
-    monkeypatch.setattr(Decoder, "_sparse_embedding_grad", lambda self, ids: False)
+def test_tied_lookup_gradient_matches_the_dense_one(rows, monkeypatch):
+    assert Decoder(ModelConfig(**CONFIG))._tied_lookup(torch.zeros(3, 12, dtype=torch.long))  # 36 tokens, 512 rows
+    tied = train_grads(rows=rows)
+    monkeypatch.setattr(Decoder, "_tied_lookup", lambda self, ids: False)
     dense = train_grads(rows=rows)
-    for a, b in zip(sparse, dense):
+    for a, b in zip(tied, dense):
         assert_close(a, b, rtol=1e-6, atol=1e-7)  # fp32 sums in another order
+
+
+def tied_weight_grad(lookup, use, seed=0, vocab=300, hidden=16):
+    """The gradient of a tied weight W [vocab, hidden] from a lookup of 40 ids (some repeated) and
+    an output layer: lookup "tied" (TiedLookup, the output layer on the weight it passes on) or
+    "sparse" (F.embedding(sparse=True), the output layer on W). use: "loss" (the fused loss),
+    "logits" (F.linear and a sum), "twice" (both), "none" (no output layer)."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(vocab, hidden, generator=gen))
+    ids = torch.randint(0, vocab // 4, (4, 10), generator=gen)
+    targets = torch.randint(0, vocab, (40,), generator=gen)
+    if lookup == "tied":
+        x, out_w = decoder.TiedLookup.apply(W, ids)
+    else:
+        x, out_w = F.embedding(ids, W, sparse=True), W
+    h = torch.tanh(x.flatten(0, 1) * 1.5)  # a lookup gradient that is not all ones
+    loss = (h * h).sum() * 0.1
+    if use in ("loss", "twice"):
+        loss = loss + weighted_linear_cross_entropy(h, out_w, targets, torch.ones(40), compile=False)[0]
+    if use in ("logits", "twice"):
+        loss = loss + F.linear(h[:5], out_w).pow(2).sum() * 0.01
+    seen = []
+    W.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))
+    loss.backward()
+    assert len(seen) == 1 and torch.equal(seen[0], W.grad)  # the hook (DDP's reducer) sees the whole sum
+    assert W.grad.layout == torch.strided
+    return W.grad
+
+
+@pytest.mark.parametrize("use", ["loss", "logits", "twice"])
+def test_tied_lookup_gives_the_sparse_lookups_gradient_to_the_bit(use):
+    assert torch.equal(tied_weight_grad("tied", use), tied_weight_grad("sparse", use))
+
+
+def test_tied_lookup_without_an_output_layer_gives_the_dense_lookup_gradient():
+    gen = torch.Generator().manual_seed(1)
+    W = torch.nn.Parameter(torch.randn(50, 8, generator=gen))
+    ids = torch.randint(0, 10, (3, 7), generator=gen)
+    x, _ = decoder.TiedLookup.apply(W, ids)
+    (x * torch.arange(8.0)).sum().backward()
+    assert torch.equal(W.grad, torch.zeros(50, 8).index_add_(0, ids.flatten(), torch.arange(8.0).expand(21, 8)))
+
+
+def test_tied_lookup_adds_into_the_losss_gradient_in_place():
+    """The output layer's [V, H] gradient from the loss becomes the weight's .grad with the lookup
+    rows added, in the same memory: no [V, H] copy (autograd's sparse + dense sum makes one)."""
+    model = Decoder(ModelConfig(**CONFIG))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (3, 12), generator=torch.Generator().manual_seed(2))
+    hidden, output_weight = model(ids, return_hidden=True, return_output_weight=True)
+    loss_grad = []
+    output_weight.register_hook(lambda g: loss_grad.append(g.data_ptr()))
+    loss = weighted_linear_cross_entropy(hidden.flatten(0, 1), output_weight, ids.flatten(), torch.ones(36),
+                                         compile=False)[0]
+    loss.backward()
+    assert loss_grad == [model.embed.weight.grad.data_ptr()]
+    # a plain forward (no grad, or the logits) is unchanged: the lookup passes the weight itself on
+    with torch.no_grad():
+        assert model(ids, return_output_weight=True)[1] is model.embed.weight
 
 
 def test_embedding_gradient_stays_dense_for_the_optimizer():
     # untied, or more tokens than half the vocabulary: the dense lookup gradient
     untied = Decoder(ModelConfig(**{**CONFIG, "tie_word_embeddings": False}))
-    assert not untied._sparse_embedding_grad(torch.zeros(3, 12, dtype=torch.long))
-    assert not Decoder(ModelConfig(**CONFIG))._sparse_embedding_grad(torch.zeros(16, 20, dtype=torch.long))
-    model = Decoder(ModelConfig(**CONFIG))
-    model.init_weights(3)
-    ids = torch.randint(0, 512, (3, 12), generator=torch.Generator().manual_seed(2))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden = model(ids, return_hidden=True).flatten(0, 1)
-        loss, _, _ = weighted_linear_cross_entropy(hidden, model.output_weight, ids.flatten(),
-                                                   torch.ones(36), compile=False)
-    loss.backward()
-    assert model.embed.weight.grad.layout == torch.strided
-    torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW takes dense gradients only
+    assert not untied._tied_lookup(torch.zeros(3, 12, dtype=torch.long))
+    assert not Decoder(ModelConfig(**CONFIG))._tied_lookup(torch.zeros(16, 20, dtype=torch.long))
+    for ids_shape in ((3, 12), (16, 20)):  # the tied lookup, then the dense one
+        model = Decoder(ModelConfig(**CONFIG))
+        model.init_weights(3)
+        ids = torch.randint(0, 512, ids_shape, generator=torch.Generator().manual_seed(2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden, output_weight = model(ids, return_hidden=True, return_output_weight=True)
+            loss, _, _ = weighted_linear_cross_entropy(hidden.flatten(0, 1), output_weight, ids.flatten(),
+                                                       torch.ones(ids.numel()), compile=False)
+        loss.backward()
+        assert model.embed.weight.grad.layout == torch.strided
+        torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW takes dense gradients only
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
