@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py                        # SmolLM2-135M shape, 2 x 256, bf16
     python benchmarks/profile_step.py --compile --batch 4 --seq 512
     python benchmarks/profile_step.py --model demo            # configs/demo.toml's model, 32 x 76
+    python benchmarks/profile_step.py --ours-only             # our step alone in the process
 
 The step is train_bench.py's (forward, loss, backward, clip_grad_norm_, AdamW, zero_grad) on the
 same weights and batch. Each side runs --warmup steps, then --steps profiled steps; every op's
@@ -182,6 +183,16 @@ def print_ops(name, ops, param_shapes, top):
                   f"{ms:.1f} | {why} |")
 
 
+def print_ours_only(totals, step_ms):
+    print("| bucket | ours ms |\n|---|---|")
+    for key in BUCKETS:
+        print(f"| {key} | {totals[key]:.0f} |")
+    outside = sum(totals[key] for key in BUCKETS if key not in ("matmul", "attention"))
+    print(f"| outside matmul + attention | {outside:.0f} |")
+    print(f"| sum of self times | {sum(totals.values()):.0f} |")
+    print(f"| step wall time (best unprofiled) | {step_ms:.0f} |")
+
+
 def demo_shape():
     """configs/demo.toml's model on its synthetic tokenizer's 256 tokens (train_bench.DEMO, 2 layers)."""
     return tb.shape(tb.DEMO, 2)
@@ -201,6 +212,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=6, help="ops listed per bucket")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="profile our step alone, no transformers model in the process: its heap "
+                             "then holds one model, as train.py's (for comparing checkouts)")
     tb.add_allocator_option(parser)
     args = parser.parse_args()
     args.memory_child = None
@@ -213,22 +227,26 @@ def main():
     args.seq = args.seq or (76 if demo else 256)
     hf_dict = demo_shape() if demo else tb.shape(tb.SMOLLM2_135M, args.layers)
     ours = tb.build_ours(hf_dict, device)
-    hf = tb.build_hf(hf_dict, device)
-    tb.copy_ours_into_hf(ours, hf)
-    ours_forward, hf_forward = tb.compiled(ours, args), tb.compiled(hf, args)
+    ours_forward = tb.compiled(ours, args)
+    if not args.ours_only:
+        hf = tb.build_hf(hf_dict, device)
+        tb.copy_ours_into_hf(ours, hf)
+        hf_forward = tb.compiled(hf, args)
     if demo:  # the synthetic task's rows: 49% prompt, 6% Key; stage 1 weights CoT and Key
         batch = tb.make_batch(args.batch, args.seq, hf_dict["vocab_size"], 0.06, device, prompt_fraction=0.49)
         weights = ((batch["targets"].flatten() != -100) & (batch["roles"].flatten() != 0)).float()
     else:
         batch = tb.make_batch(args.batch, args.seq, hf_dict["vocab_size"], 1.0, device)
         weights = (batch["targets"].flatten() != -100).float()
-    opt_ours, opt_hf = tb.make_optimizer(ours), tb.make_optimizer(hf)
-    sides = {
-        "ours": lambda: tb.ours_step(ours, ours_forward, opt_ours, batch, weights, args.precision,
-                                     True, True),
-        "transformers": lambda: tb.hf_step(hf, hf_forward, opt_hf, batch, args.precision),
-    }
-    shapes = {name: {tuple(p.shape) for p in model.parameters()} for name, model in (("ours", ours), ("transformers", hf))}
+    opt_ours = tb.make_optimizer(ours)
+    sides = {"ours": lambda: tb.ours_step(ours, ours_forward, opt_ours, batch, weights, args.precision,
+                                          True, True)}
+    models = {"ours": ours}
+    if not args.ours_only:
+        opt_hf = tb.make_optimizer(hf)
+        sides["transformers"] = lambda: tb.hf_step(hf, hf_forward, opt_hf, batch, args.precision)
+        models["transformers"] = hf
+    shapes = {name: {tuple(p.shape) for p in model.parameters()} for name, model in models.items()}
     step_ms, totals, ops = {}, {}, {}
     for name, run in sides.items():
         for _ in range(args.warmup):
@@ -240,6 +258,10 @@ def main():
           f"{args.seq}, {args.precision}, compile={'on' if args.compile else 'off'}, "
           f"{torch.get_num_threads()} threads, load avg {tb.load_average()}; ms per step "
           f"(profiled self time, mean of {args.steps} steps)\n")
+    if args.ours_only:
+        print_ours_only(totals["ours"], step_ms["ours"])
+        print_ops("ours", ops["ours"], shapes["ours"], args.top)
+        return
     print("| bucket | ours ms | transformers ms | transformers - ours |")
     print("|---|---|---|---|")
     for key in BUCKETS:
