@@ -28,7 +28,7 @@ import training.distributed as distributed  # noqa: E402
 
 # shortcut -> (object, attribute, the value that restores the path it replaced)
 SHORTCUTS = {
-    "fp32 math attention": (decoder, "MATH_ATTENTION_MAX_KEYS", 0),
+    "math attention": (decoder, "MATH_ATTENTION_MAX_KEYS", 0),
     "RMSNorm function": (decoder.RMSNorm, "keeps_only_input", lambda self, x: False),
     "SwiGLU function": (decoder.SwiGLU, "apply",
                         staticmethod(lambda gate_up: checkpoint(decoder.swiglu, gate_up, use_reentrant=False))),

@@ -145,10 +145,9 @@ class Attention(nn.Module):
         return self.o(y if rows is None else rows.from_slots(y))
 
 
-# Training on rows of at most this many keys runs attention as plain fp32 matmuls and softmax
-# instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's backward is slow on
-# many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2), and fp32 scores
-# are closer to an exact reference than the bf16 flash kernel's.
+# Training on rows of at most this many keys runs attention as two plain matmuls and a softmax
+# (math_attention) instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's
+# backward is slow on many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2).
 MATH_ATTENTION_MAX_KEYS = 128
 
 
@@ -166,25 +165,30 @@ def attention(q, k, v, mask, is_causal):
 
 
 def math_attention(q, k, v, mask, is_causal):
-    """softmax(q k^T / sqrt(head_dim), masked) v in fp32, returned in q's dtype; is_causal is
-    top-left aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The
-    query heads of a kv group are query rows of one matmul (no k/v copies), and the scale and the
-    mask (an additive -inf bias) go into one baddbmm with the scores."""
+    """softmax(q k^T / sqrt(head_dim), masked) v, returned in q's dtype; is_causal is top-left
+    aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The two matmuls
+    run in bf16 when q is bf16 (autocast training: the kernels accumulate in fp32 and round their
+    output, as every other matmul under autocast and transformers' eager attention do), otherwise
+    in fp32; the softmax always in fp32. The query heads of a kv group are query rows of one
+    matmul (no k/v copies), and the scale and the mask (an additive -inf bias) go into one
+    baddbmm with the scores."""
     with torch.autocast(q.device.type, enabled=False):
+        dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
         B, heads, T, head_dim = q.shape
         kv_heads, S = k.shape[1], k.shape[2]
         groups = heads // kv_heads
         if is_causal:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        bias = torch.zeros((), device=q.device)
+        bias = torch.zeros((), dtype=dtype, device=q.device)
         if mask is not None:
-            bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
+            bias = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill_(~mask, float("-inf"))
             bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
                     bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
-        scores = torch.baddbmm(bias, q.float().reshape(B * kv_heads, groups * T, head_dim),
-                               k.float().reshape(B * kv_heads, S, head_dim).transpose(1, 2),
+        scores = torch.baddbmm(bias, q.to(dtype).reshape(B * kv_heads, groups * T, head_dim),
+                               k.to(dtype).reshape(B * kv_heads, S, head_dim).transpose(1, 2),
                                alpha=head_dim ** -0.5)
-        y = torch.bmm(scores.softmax(-1), v.float().reshape(B * kv_heads, S, head_dim))
+        probs = torch.softmax(scores, -1, dtype=torch.float32).to(dtype)
+        y = torch.bmm(probs, v.to(dtype).reshape(B * kv_heads, S, head_dim))
         return y.view(B, heads, T, head_dim).to(q.dtype)
 
 
