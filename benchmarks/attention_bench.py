@@ -1,6 +1,6 @@
 """Training attention, forward + backward: SDPA (the flash kernel on CPU) against
-model.decoder.math_attention (explicit fp32 matmuls and softmax); bf16 inputs, causal, grouped
-heads; sides alternate, best of 10 steps each.
+model.decoder.math_attention (two explicit matmuls, bf16 here, and an fp32 softmax); bf16 inputs,
+causal, grouped heads; sides alternate, best of 10 steps each.
 
     python benchmarks/attention_bench.py
 
@@ -40,7 +40,7 @@ def main():
              "math": lambda q, k, v: math_attention(q, k, v, None, True)}
     print(f"{torch.get_num_threads()} threads, load avg {'/'.join(f'{x:.1f}' for x in os.getloadavg())}; "
           f"MATH_ATTENTION_MAX_KEYS = {MATH_ATTENTION_MAX_KEYS}\n")
-    print("| B x heads/kv x T x head_dim | flash fwd+bwd ms | fp32 math fwd+bwd ms | math / flash |\n|---|---|---|---|")
+    print("| B x heads/kv x T x head_dim | flash fwd+bwd ms | math fwd+bwd ms | math / flash |\n|---|---|---|---|")
     for B, heads, kv_heads, T, D in SHAPES:
         steps = {name: step_fn(fn, B, heads, kv_heads, T, D) for name, fn in sides.items()}
         best = {name: float("inf") for name in sides}
