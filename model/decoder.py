@@ -147,22 +147,15 @@ class Attention(nn.Module):
 
 # Training on rows of at most this many keys runs attention as two plain matmuls and a softmax
 # (math_attention) instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's
-# backward is slow on short rows (configs/demo.toml: 32 x 76 tokens; BENCHMARKS.md section 8).
-MATH_ATTENTION_MAX_KEYS = 256
-# Up to this many keys math_attention keeps its [rows, T, S] probabilities for backward; above it,
-# it keeps only its inputs and runs again in backward (checkpoint: the same gradients to the bit),
-# so its memory stays that of the flash kernel (at SmolLM2-135M's 30 layers x 2 x 256 tokens the
-# kept probabilities would be ~210 MB).
-MATH_ATTENTION_SAVE_KEYS = 128
+# backward is slow on many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2).
+MATH_ATTENTION_MAX_KEYS = 128
 
 
 def attention(q, k, v, mask, is_causal):
     """SDPA over [B, heads, T, head_dim] queries and [B, kv_heads, S, head_dim] keys and values;
     with autograd recording on short rows on CPU (training), math_attention."""
     if torch.is_grad_enabled() and k.shape[2] <= MATH_ATTENTION_MAX_KEYS and q.device.type == "cpu":
-        if k.shape[2] <= MATH_ATTENTION_SAVE_KEYS:
-            return math_attention(q, k, v, mask, is_causal)
-        return checkpoint(math_attention, q, k, v, mask, is_causal, use_reentrant=False)
+        return math_attention(q, k, v, mask, is_causal)
     gqa = q.shape[1] != k.shape[1]
     if gqa and mask is not None:
         # fused SDPA kernels take a mask or grouped heads, not both; expand k/v rather than fall back to math

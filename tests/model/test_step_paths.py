@@ -59,13 +59,12 @@ def test_math_attention_is_at_least_as_exact_as_flash(rows, monkeypatch):
     assert max_error(math, exact) <= 1.25 * max_error(flash, exact)  # bf16 elsewhere dominates
 
 
-@pytest.mark.parametrize("T,D", [(20, 16), (76, 64), (256, 64)])
+@pytest.mark.parametrize("T,D", [(20, 16), (76, 64)])
 @pytest.mark.parametrize("case", ["causal", "causal_gqa", "mask_gqa"])
 def test_math_attention_is_about_as_exact_as_flash(case, T, D):
     """bf16 inputs: math_attention's bf16 matmuls (scores rounded to bf16, fp32 softmax) against
     the flash kernel's fp32 scores, both against fp64: the same size of error (measured on these
-    nine cases: 0.55-1.25x flash's; below it at T = 76 and 256, the default run's and the
-    SmolLM2 benchmarks' rows)."""
+    six cases: 0.55-1.25x flash's; below it at T = 76, D = 64, the default run's rows)."""
     gen = torch.Generator().manual_seed(7)
     B, H = 3, 4
     kv_heads = 2 if case.endswith("gqa") else 4
@@ -94,35 +93,6 @@ def test_math_attention_is_about_as_exact_as_flash(case, T, D):
     flash_error = max_error(results["flash"], results["exact"])
     print(f"max relative error vs fp64: math {math_error:.2e}, flash {flash_error:.2e}")
     assert math_error < 1.2e-2 and math_error <= 2 * flash_error
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_long_rows_run_math_attention_again_in_backward_to_the_bit(masked):
-    """Above MATH_ATTENTION_SAVE_KEYS keys attention() keeps only q, k, v (and the mask) for
-    backward, no [rows, T, S] tensor, and gives math_attention's output and gradients to the bit."""
-    gen = torch.Generator().manual_seed(9)
-    B, H, KV, T, D = 2, 4, 2, decoder.MATH_ATTENTION_SAVE_KEYS + 40, 16
-    assert T <= decoder.MATH_ATTENTION_MAX_KEYS
-    q = torch.randn(B, H, T, D, generator=gen).bfloat16()
-    k, v = (torch.randn(B, KV, T, D, generator=gen).bfloat16() for _ in range(2))
-    grad = torch.randn(B, H, T, D, generator=gen).bfloat16()
-    mask, causal = None, True
-    if masked:
-        seg = (torch.arange(T) >= 50).long()
-        mask = ((torch.arange(T)[None, :] <= torch.arange(T)[:, None]) & (seg[:, None] == seg[None, :]))
-        mask, causal = mask.expand(B, 1, T, T), False
-    results = []
-    for fn in (decoder.attention, decoder.math_attention):
-        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-        largest = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: largest.append(t.numel()) or t, lambda t: t):
-            out = fn(*inputs, mask, causal)
-        out.backward(grad)
-        results.append(([out.detach()] + [t.grad for t in inputs], max(largest)))
-    (got, got_largest), (want, want_largest) = results
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
-    scores = B * H * T * T
-    assert want_largest >= scores > got_largest  # math_attention alone keeps its probabilities
 
 
 def test_math_attention_in_fp32_is_exact_to_fp32_rounding():
