@@ -30,6 +30,7 @@ transformers even with everything else removed.
 import argparse
 import collections
 import os
+import resource
 import sys
 
 import torch
@@ -140,11 +141,19 @@ def reason(op, phase, node, weight_shaped):
     return ""
 
 
+def minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def profile_side(run, steps, param_shapes=()):
-    """ms per step per bucket, and per (bucket, op, phase, node, first input shape): [ms, calls]."""
+    """ms per step per bucket, per (bucket, op, phase, node, first input shape): [ms, calls], and
+    the minor page faults per profiled step (the profiler's own memory can push a step's buffers
+    onto fresh pages: their faults then count in the self time of the ops that write them)."""
+    faults = minor_faults()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             run()
+    faults = (minor_faults() - faults) / steps
     totals, ops = collections.Counter(), collections.defaultdict(lambda: [0.0, 0])
     events = prof.events()
     # SDPA's math kernel runs as ordinary ops (bmm, softmax, ...): those under it, and in backward
@@ -164,7 +173,7 @@ def profile_side(run, steps, param_shapes=()):
         entry = ops[(kind, event.name, phase, node, shape)]
         entry[0] += ms
         entry[1] += 1 / steps
-    return totals, ops, param_shapes
+    return totals, ops, faults
 
 
 def print_ops(name, ops, param_shapes, top):
@@ -183,7 +192,7 @@ def print_ops(name, ops, param_shapes, top):
                   f"{ms:.1f} | {why} |")
 
 
-def print_ours_only(totals, step_ms):
+def print_ours_only(totals, step_ms, faults):
     print("| bucket | ours ms |\n|---|---|")
     for key in BUCKETS:
         print(f"| {key} | {totals[key]:.0f} |")
@@ -191,6 +200,7 @@ def print_ours_only(totals, step_ms):
     print(f"| outside matmul + attention | {outside:.0f} |")
     print(f"| sum of self times | {sum(totals.values()):.0f} |")
     print(f"| step wall time (best unprofiled) | {step_ms:.0f} |")
+    print(f"| minor page faults per step, profiled / unprofiled | {faults[0]:.0f} / {faults[1]:.0f} |")
 
 
 def demo_shape():
@@ -247,19 +257,22 @@ def main():
         sides["transformers"] = lambda: tb.hf_step(hf, hf_forward, opt_hf, batch, args.precision)
         models["transformers"] = hf
     shapes = {name: {tuple(p.shape) for p in model.parameters()} for name, model in models.items()}
-    step_ms, totals, ops = {}, {}, {}
+    step_ms, totals, ops, faults = {}, {}, {}, {}
     for name, run in sides.items():
         for _ in range(args.warmup):
             run()
+        before = minor_faults()
         step_ms[name] = 1e3 * min(tb.timed(run, device)[0] for _ in range(args.steps))
-        totals[name], ops[name], _ = profile_side(run, args.steps, shapes[name])
+        unprofiled = (minor_faults() - before) / args.steps
+        totals[name], ops[name], profiled = profile_side(run, args.steps, shapes[name])
+        faults[name] = (profiled, unprofiled)
     title = "demo model (configs/demo.toml)" if demo else "SmolLM2-135M shape"
     print(f"{title} ({hf_dict['num_hidden_layers']} layers, vocab {hf_dict['vocab_size']}), batch {args.batch} x seq "
           f"{args.seq}, {args.precision}, compile={'on' if args.compile else 'off'}, "
           f"{torch.get_num_threads()} threads, load avg {tb.load_average()}; ms per step "
           f"(profiled self time, mean of {args.steps} steps)\n")
     if args.ours_only:
-        print_ours_only(totals["ours"], step_ms["ours"])
+        print_ours_only(totals["ours"], step_ms["ours"], faults["ours"])
         print_ops("ours", ops["ours"], shapes["ours"], args.top)
         return
     print("| bucket | ours ms | transformers ms | transformers - ours |")
@@ -271,6 +284,9 @@ def main():
     print(f"| sum of self times | {o_sum:.0f} | {h_sum:.0f} | {h_sum - o_sum:+.0f} |")
     print(f"| step wall time (best unprofiled) | {step_ms['ours']:.0f} | "
           f"{step_ms['transformers']:.0f} | {step_ms['transformers'] - step_ms['ours']:+.0f} |")
+    print("| minor page faults per step, profiled / unprofiled | "
+          + " | ".join("{:.0f} / {:.0f}".format(*faults[side]) for side in ("ours", "transformers"))
+          + " | |")
     shared = totals["ours"]["matmul"] + totals["ours"]["attention"]
     print(f"\nspeed-up now: {step_ms['transformers'] / step_ms['ours']:.2f}x; ceiling with "
           f"nothing but ours' matmul + attention ({shared:.0f} ms): "
