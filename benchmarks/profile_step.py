@@ -145,15 +145,34 @@ def minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def profile_side(run, steps, param_shapes=()):
-    """ms per step per bucket, per (bucket, op, phase, node, first input shape): [ms, calls], and
-    the minor page faults per profiled step (the profiler's own memory can push a step's buffers
-    onto fresh pages: their faults then count in the self time of the ops that write them)."""
-    faults = minor_faults()
+def profiled(run, steps):
+    """The profiler over steps runs of run, and the minor page faults per step inside them."""
+    faults = 0
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
+            before = minor_faults()
             run()
-    faults = (minor_faults() - faults) / steps
+            faults += minor_faults() - before
+    return prof, faults / steps
+
+
+def heap_headroom(mib=768, block_mib=64):
+    """Touch mib MiB of heap in blocks and free them. Under --allocator keep (glibc's mmap threshold
+    256 MiB, trim threshold 1 GiB) the blocks come from the heap and their pages stay mapped after
+    the free; under glibc's defaults they are mmapped and given back (no effect)."""
+    blocks = [torch.ones(block_mib << 20, dtype=torch.uint8) for _ in range(mib // block_mib)]
+    del blocks
+
+
+def profile_side(run, steps, param_shapes=()):
+    """ms per step per bucket, per (bucket, op, phase, node, first input shape): [ms, calls], and
+    the minor page faults per profiled step. Profiled without room made first, the 135M step took
+    tens of thousands of page faults (an unprofiled one a few): the profiler's records most likely
+    take heap blocks the step would reuse, its fresh buffers land on new pages, and the faults
+    count in the self time of the ops that first write them (mostly copy_). heap_headroom makes
+    that room, where the allocator keeps it."""
+    heap_headroom()
+    prof, faults = profiled(run, steps)
     totals, ops = collections.Counter(), collections.defaultdict(lambda: [0.0, 0])
     events = prof.events()
     # SDPA's math kernel runs as ordinary ops (bmm, softmax, ...): those under it, and in backward
