@@ -6,7 +6,9 @@
     python benchmarks/profile_step.py --ours-only             # our step alone in the process
 
 The step is train_bench.py's (forward, loss, backward, clip_grad_norm_, AdamW, zero_grad) on the
-same weights and batch. Each side runs --warmup steps, then --steps profiled steps; every op's
+same weights and batch. Each side runs --warmup steps, --steps timed unprofiled steps, then (after
+touching and freeing 768 MiB of heap, so that the profiler's own records do not push the step onto
+fresh pages) --steps profiled steps; the minor page faults per step of both are printed. Every op's
 self time (time on the calling thread, children excluded) is put in one bucket:
 
   matmul      aten::mm / addmm / bmm / linear-like GEMMs (the model's FLOPs)
