@@ -147,8 +147,11 @@ class Attention(nn.Module):
 
 # Training on rows of at most this many keys runs attention as two plain matmuls and a softmax
 # (math_attention) instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's
-# backward is slow on many short rows (configs/demo.toml: 32 x 76 tokens, BENCHMARKS.md section 2).
-MATH_ATTENTION_MAX_KEYS = 128
+# backward is slow (configs/demo.toml's 32 x 76 tokens: 0.2x its time, SmolLM2-135M's 2 x 256:
+# 0.35x; BENCHMARKS.md sections 2 and 8). The price is the bf16 probabilities kept for backward,
+# [B, heads, T, keys] per layer: about a fifth more activation memory at 256 keys whatever the
+# batch, and growing with the keys, so longer rows keep the flash kernel.
+MATH_ATTENTION_MAX_KEYS = 256
 
 
 def attention(q, k, v, mask, is_causal):
@@ -169,9 +172,9 @@ def math_attention(q, k, v, mask, is_causal):
     aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The two matmuls
     run in bf16 when q is bf16 (autocast training: the kernels accumulate in fp32 and round their
     output, as every other matmul under autocast and transformers' eager attention do), otherwise
-    in fp32; the softmax always in fp32. The query heads of a kv group are query rows of one
-    matmul (no k/v copies), and the scale and the mask (an additive -inf bias) go into one
-    baddbmm with the scores."""
+    in fp32; the softmax always in fp32, its output kept for backward in the matmul dtype
+    (MathAttention). The query heads of a kv group are query rows of one matmul (no k/v copies),
+    and the scale and the mask (an additive -inf bias) go into one baddbmm with the scores."""
     with torch.autocast(q.device.type, enabled=False):
         dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
         B, heads, T, head_dim = q.shape
@@ -184,12 +187,38 @@ def math_attention(q, k, v, mask, is_causal):
             bias = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill_(~mask, float("-inf"))
             bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
                     bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
-        scores = torch.baddbmm(bias, q.to(dtype).reshape(B * kv_heads, groups * T, head_dim),
-                               k.to(dtype).reshape(B * kv_heads, S, head_dim).transpose(1, 2),
-                               alpha=head_dim ** -0.5)
-        probs = torch.softmax(scores, -1, dtype=torch.float32).to(dtype)
-        y = torch.bmm(probs, v.to(dtype).reshape(B * kv_heads, S, head_dim))
+        y = MathAttention.apply(q.to(dtype).reshape(B * kv_heads, groups * T, head_dim),
+                                k.to(dtype).reshape(B * kv_heads, S, head_dim),
+                                v.to(dtype).reshape(B * kv_heads, S, head_dim), bias, head_dim ** -0.5)
         return y.view(B, heads, T, head_dim).to(q.dtype)
+
+
+class MathAttention(torch.autograd.Function):
+    """softmax(alpha q k^T + bias) v over [batch, rows, head_dim] queries and [batch, keys,
+    head_dim] keys and values of one dtype. Keeps q, k, v and the probabilities in that dtype for
+    backward: through autograd the softmax would keep its fp32 output besides the probabilities'
+    bf16 copy (3x the memory under autocast), and its backward would run in fp32 over a converted
+    copy. Backward: dv = p^T dy, dp = dy v^T, ds = p (dp - rowsum(p dp)) in one fused softmax
+    backward (fp32 inside, rounded once), dq = alpha ds k, dk = alpha ds^T q."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, alpha):
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=alpha)
+        # the softmax in fp32 at least (fp64 stays fp64: the gradcheck test)
+        probs = torch.softmax(scores, -1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.alpha = alpha
+        return torch.bmm(probs, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs = ctx.saved_tensors
+        grad = grad.to(q.dtype)
+        grad_v = torch.bmm(probs.transpose(1, 2), grad)
+        grad_scores = torch._softmax_backward_data(torch.bmm(grad, v.transpose(1, 2)), probs, -1, probs.dtype)
+        grad_q = torch.bmm(grad_scores, k).mul_(ctx.alpha)
+        grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.alpha)
+        return grad_q, grad_k, grad_v, None, None
 
 
 class MLP(nn.Module):
