@@ -172,25 +172,43 @@ def math_attention(q, k, v, mask, is_causal):
     aligned as in SDPA, mask is boolean (True = attend), [T, S] or [B, 1, T, S]. The two matmuls
     run in bf16 when q is bf16 (autocast training: the kernels accumulate in fp32 and round their
     output, as every other matmul under autocast and transformers' eager attention do), otherwise
-    in fp32; the softmax always in fp32, its output kept for backward in the matmul dtype
-    (MathAttention). The query heads of a kv group are query rows of one matmul (no k/v copies),
+    in fp32; the softmax in fp32 inside its kernel, its output kept for backward in the matmul
+    dtype (MathAttention). The query heads of a kv group are query rows of one matmul (no k/v copies),
     and the scale and the mask (an additive -inf bias) go into one baddbmm with the scores."""
     with torch.autocast(q.device.type, enabled=False):
         dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
         B, heads, T, head_dim = q.shape
         kv_heads, S = k.shape[1], k.shape[2]
         groups = heads // kv_heads
-        if is_causal:
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        bias = torch.zeros((), dtype=dtype, device=q.device)
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-            bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
-                    bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
+        bias = _attention_bias(mask, is_causal, (B, kv_heads, groups, T, S), dtype, q.device)
         y = MathAttention.apply(q.to(dtype).reshape(B * kv_heads, groups * T, head_dim),
                                 k.to(dtype).reshape(B * kv_heads, S, head_dim),
                                 v.to(dtype).reshape(B * kv_heads, S, head_dim), bias, head_dim ** -0.5)
         return y.view(B, heads, T, head_dim).to(q.dtype)
+
+
+# the last additive bias math_attention built and what it was built from: every layer of a
+# forward attends with the same mask, so the bias is built once per forward, not once per layer
+_last_bias = [None]
+
+
+def _attention_bias(mask, is_causal, shape, dtype, device):
+    """The additive bias (0 or -inf) of a causal or boolean mask for math_attention's baddbmm:
+    [groups x T, S] or [B x kv_heads, groups x T, S]; a 0-dim zero without a mask."""
+    key = (is_causal, shape, dtype, device, None if mask is None else mask._version)
+    last = _last_bias[0]
+    if last is not None and last[0] is mask and last[1] == key:  # the same mask tensor, unchanged
+        return last[2]
+    B, kv_heads, groups, T, S = shape
+    if is_causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=device).tril()
+    bias = torch.zeros((), dtype=dtype, device=device)
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+        bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
+                bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
+    _last_bias[0] = (None if is_causal else mask, key, bias)
+    return bias
 
 
 class MathAttention(torch.autograd.Function):
@@ -204,8 +222,9 @@ class MathAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, alpha):
         scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=alpha)
-        # the softmax in fp32 at least (fp64 stays fp64: the gradcheck test)
-        probs = torch.softmax(scores, -1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+        # on bf16 scores the CPU kernel computes in fp32 and rounds once: the same numbers as an
+        # fp32 softmax rounded to bf16 (bar a few per million), without the two converted copies
+        probs = torch.softmax(scores, -1)
         ctx.save_for_backward(q, k, v, probs)
         ctx.alpha = alpha
         return torch.bmm(probs, v)

@@ -111,6 +111,23 @@ def test_math_attention_backward_matches_finite_differences(bias):
     assert torch.autograd.gradcheck(lambda q, k, v: decoder.MathAttention.apply(q, k, v, additive, 0.7), (q, k, v))
 
 
+def test_attention_bias_is_built_once_per_mask_and_again_when_it_changes():
+    cpu, shape = torch.device("cpu"), (2, 1, 2, 5, 5)  # B, kv heads, groups, T, S
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    first = decoder._attention_bias(mask, False, shape, torch.bfloat16, cpu)
+    assert decoder._attention_bias(mask, False, shape, torch.bfloat16, cpu) is first  # the next layer
+    assert decoder._attention_bias(mask.clone(), False, shape, torch.bfloat16, cpu) is not first
+    mask[1, 0, 4, 2] = False  # changed in place: built again
+    bias = decoder._attention_bias(mask, False, shape, torch.bfloat16, cpu)
+    assert bias is not first and bias.shape == (2, 10, 5)
+    expected = torch.zeros(2, 5, 5).masked_fill_(~mask[:, 0], float("-inf")).repeat(1, 2, 1)
+    assert torch.equal(bias.float(), expected)  # both query heads of the kv group, each row's mask
+    causal = decoder._attention_bias(None, True, shape, torch.bfloat16, cpu)
+    assert torch.equal(causal.float(), torch.zeros(5, 5).masked_fill_(~torch.ones(5, 5, dtype=torch.bool).tril(),
+                                                                        float("-inf")).repeat(2, 1))
+    assert decoder._attention_bias(None, True, shape, torch.float32, cpu).dtype == torch.float32
+
+
 def test_math_attention_in_fp32_is_exact_to_fp32_rounding():
     gen = torch.Generator().manual_seed(8)
     q = torch.randn(2, 4, 30, 16, generator=gen, dtype=torch.float64)
