@@ -195,9 +195,10 @@ _last_bias = [None]
 def _attention_bias(mask, is_causal, shape, dtype, device):
     """The additive bias (0 or -inf) of a causal or boolean mask for math_attention's baddbmm:
     [groups x T, S] or [B x kv_heads, groups x T, S]; a 0-dim zero without a mask."""
-    key = (is_causal, shape, dtype, device, None if mask is None else mask._version)
+    compiling = torch.compiler.is_compiling()  # a compiled block builds its own, keeps none
+    key = (is_causal, shape, dtype, device, None if mask is None or compiling else mask._version)
     last = _last_bias[0]
-    if last is not None and last[0] is mask and last[1] == key:  # the same mask tensor, unchanged
+    if not compiling and last is not None and last[0] is mask and last[1] == key:  # same mask, unchanged
         return last[2]
     B, kv_heads, groups, T, S = shape
     if is_causal:
@@ -207,7 +208,8 @@ def _attention_bias(mask, is_causal, shape, dtype, device):
         bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
         bias = (bias.repeat(groups, 1) if bias.dim() == 2 else
                 bias[:, :, None].expand(B, kv_heads, groups, T, S).reshape(B * kv_heads, groups * T, S))
-    _last_bias[0] = (None if is_causal else mask, key, bias)
+    if not compiling:
+        _last_bias[0] = (None if is_causal else mask, key, bias)
     return bias
 
 
