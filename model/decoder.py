@@ -147,8 +147,8 @@ class Attention(nn.Module):
 
 # Training on rows of at most this many keys runs attention as two plain matmuls and a softmax
 # (math_attention) instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's
-# backward is slow (configs/demo.toml's 32 x 76 tokens: 0.2x its time, SmolLM2-135M's 2 x 256:
-# 0.35x; BENCHMARKS.md sections 2 and 8). The price is the bf16 probabilities kept for backward,
+# backward is slow (math attention forward + backward at configs/demo.toml's 32 x 76 tokens: ~0.25x
+# its time, at SmolLM2-135M's 2 x 256: ~0.3x; BENCHMARKS.md section 8). The price is the bf16 probabilities kept for backward,
 # [B, heads, T, keys] per layer: about a fifth more activation memory at 256 keys whatever the
 # batch, and growing with the keys, so longer rows keep the flash kernel.
 MATH_ATTENTION_MAX_KEYS = 256

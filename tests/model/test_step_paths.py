@@ -10,6 +10,7 @@ import model.decoder as decoder
 from loss import weighted_linear_cross_entropy
 from loss.reference import naive_weighted_cross_entropy
 from model import Decoder, ModelConfig
+from model.decoder import math_attention
 
 CONFIG = dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
               intermediate_size=48, tie_word_embeddings=True)
@@ -136,6 +137,19 @@ def test_math_attention_in_fp32_is_exact_to_fp32_rounding():
     got = decoder.math_attention(q.float(), k.float(), v.float(), None, True)
     assert got.dtype == torch.float32
     assert_close(got.double(), exact, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("T,expected", [(256, "math"), (257, "flash")])
+def test_training_attention_runs_math_up_to_256_keys(T, expected, monkeypatch):
+    calls = []
+    monkeypatch.setattr(decoder, "math_attention", lambda *a: calls.append(a) or math_attention(*a))
+    model = Decoder(ModelConfig(**{**CONFIG, "num_layers": 1}))
+    model.init_weights(3)
+    ids = torch.randint(0, 512, (1, T), generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids).float().sum().backward()
+    assert ("math" if calls else "flash") == expected
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_attention_outside_training_keeps_the_fused_kernel(monkeypatch):
