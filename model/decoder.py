@@ -148,9 +148,10 @@ class Attention(nn.Module):
 # Training on rows of at most this many keys runs attention as two plain matmuls and a softmax
 # (math_attention) instead of SDPA's fused flash kernel: on CPUs without AMX the flash kernel's
 # backward is slow (math attention forward + backward at configs/demo.toml's 32 x 76 tokens: ~0.25x
-# its time, at SmolLM2-135M's 2 x 256: ~0.3x; BENCHMARKS.md section 8). The price is the bf16 probabilities kept for backward,
-# [B, heads, T, keys] per layer: about a fifth more activation memory at 256 keys whatever the
-# batch, and growing with the keys, so longer rows keep the flash kernel.
+# its time, at SmolLM2-135M's 2 x 256: ~0.3x; BENCHMARKS.md section 8). The price is the bf16
+# probabilities kept for backward, [B, heads, T, keys] per layer: about a fifth more activation
+# memory at 256 keys whatever the batch, and growing with the keys, so longer rows keep the flash
+# kernel.
 MATH_ATTENTION_MAX_KEYS = 256
 
 
@@ -173,8 +174,9 @@ def math_attention(q, k, v, mask, is_causal):
     run in bf16 when q is bf16 (autocast training: the kernels accumulate in fp32 and round their
     output, as every other matmul under autocast and transformers' eager attention do), otherwise
     in fp32; the softmax in fp32 inside its kernel, its output kept for backward in the matmul
-    dtype (MathAttention). The query heads of a kv group are query rows of one matmul (no k/v copies),
-    and the scale and the mask (an additive -inf bias) go into one baddbmm with the scores."""
+    dtype (MathAttention). The query heads of a kv group are query rows of one matmul (no k/v
+    copies), and the scale and the mask (an additive -inf bias) go into one baddbmm with the
+    scores."""
     with torch.autocast(q.device.type, enabled=False):
         dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
         B, heads, T, head_dim = q.shape
