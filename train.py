@@ -46,6 +46,7 @@ from training import TrainError, checkpoint
 from training.config_io import resolve_config
 from training.distributed import Dist, clip_grad_norm, grad_sync, setup_distributed, wrap_model
 from training.loggers import LoggerError, ViewedLog, check_installed, open_viewers
+from training.machine import append_start, describe, machine
 from training.malloc import keep_freed_memory
 from training.step_log import JsonlLog, peak_flops, peak_memory_gb, sync
 
@@ -431,7 +432,7 @@ def evaluate_stage(n, model, tok, records, cfg, device):
 # what a run writes into its folder: a fresh run refuses a folder holding any of them (--overwrite
 # deletes them once every check has passed); other files there (train.out of eval.ablation) stay
 RUN_OUTPUTS = ("config.json", "log.jsonl", "results.json", "stage1", "stage2", "tensorboard", "wandb",
-               "wandb_run_id")
+               "wandb_run_id", "machine.json")
 
 
 def check_out(cfg):
@@ -490,6 +491,8 @@ def main(argv=None):
     model.gradient_checkpointing = cfg.grad_checkpointing
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}, {cfg.precision}"
           + (f"; {allocator}" if allocator else ""))
+    where = machine(device)  # what log.jsonl's tokens/s and MFU were measured on
+    print(f"machine: {describe(where)}")
     check_installed(cfg.log)  # the last check before start_out may delete an earlier run
     if dist.main:
         start_out(cfg)
@@ -500,6 +503,8 @@ def main(argv=None):
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
     results = read_json(out / "results.json") if cfg.resume and (out / "results.json").exists() else {}
     head = None  # the wrapped model, kept from stage 1 to stage 2 (FSDP2 shards a module only once)
+    # machine.json: an entry per start that trains or evaluates (resuming a finished run changes nothing)
+    recorded = not dist.main
     for n in stages:
         stage_dir = out / f"stage{n}"
         final = stage_dir / "final"
@@ -509,6 +514,8 @@ def main(argv=None):
             if dist.main:  # left by a kill between the final save and their clean-up
                 checkpoint.remove_step_checkpoints(stage_dir)
         else:
+            if not recorded:
+                recorded = append_start(out / "machine.json", where, cfg.resume)
             resume_from = checkpoint.latest_step_checkpoint(stage_dir) if cfg.resume else None
             if resume_from is not None:
                 model, head = load_pretrained(resume_from, dtype=torch.float32, device=device), None
@@ -517,6 +524,8 @@ def main(argv=None):
             final = run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from, dist)
         if cfg.eval and eval_records and f"stage{n}" not in results:
             if dist.main:  # on rank 0 alone, with the whole model (FSDP2: the checkpoint just written)
+                if not recorded:
+                    recorded = append_start(out / "machine.json", where, cfg.resume)
                 whole = load_pretrained(final, dtype=torch.float32, device=device) if cfg.parallel == "fsdp" else model
                 results[f"stage{n}"] = evaluate_stage(n, whole, tok, eval_records, cfg, device)
                 write_json(out / "results.json", results)

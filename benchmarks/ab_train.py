@@ -124,6 +124,9 @@ def main():
                 print(f"round {r} {name}: {done[name][0]:.1f} s, load avg "
                       f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     first = sides[0][0]
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from training.machine import header
+    print("\n" + header() + " (commit: this script's checkout)")
     how = "at once, a core and one thread each" if args.concurrent else "one at a time"
     print(f"\ntrain.py {' '.join(args.common)}; {args.rounds} round(s), {how}; medians\n")
     print(f"| side | args | wall s | / {first} (median, min-max) | steps paired | all steps / {first} "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from model.decoder import MATH_ATTENTION_MAX_KEYS, math_attention  # noqa: E402
+from training.machine import header  # noqa: E402
 
 SHAPES = [(32, 4, 2, 76, 64), (32, 4, 2, 128, 64), (2, 9, 3, 128, 64), (2, 9, 3, 256, 64), (4, 9, 3, 512, 64)]
 
@@ -38,6 +39,7 @@ def main():
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sides = {"flash": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
              "math": lambda q, k, v: math_attention(q, k, v, None, True)}
+    print(header())
     print(f"{torch.get_num_threads()} threads, load avg {'/'.join(f'{x:.1f}' for x in os.getloadavg())}; "
           f"MATH_ATTENTION_MAX_KEYS = {MATH_ATTENTION_MAX_KEYS}\n")
     print("| B x heads/kv x T x head_dim | flash fwd+bwd ms | math fwd+bwd ms | math / flash |\n|---|---|---|---|")

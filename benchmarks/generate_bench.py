@@ -83,6 +83,8 @@ def main():
         hf_fp32.save_pretrained(tmp)
         ours_by_dtype = {name: load_pretrained(tmp, dtype=getattr(torch, name), device=args.device)
                          for name in args.dtypes.split(",")}
+    from training.machine import header
+    print(header(args.device))
     print(f"device={args.device} threads={torch.get_num_threads()} new={args.new} prompt_len<={args.prompt_len} "
           f"layers={args.layers} (tokens/s = rows * new tokens / best of {args.repeats})\n")
     print("| dtype | batch | ours tok/s | transformers tok/s | ratio | same tokens |")

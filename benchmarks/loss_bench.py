@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks.proc_status import reset_peak_rss, status_bytes  # noqa: E402
+from training.machine import header as machine_header  # noqa: E402
 
 IMPLEMENTATIONS = ("naive", "ours", "liger", "cce")
 
@@ -160,6 +161,7 @@ def main():
         return run_child(args)
 
     impls = args.impls.split(",") if args.impls else ["naive", "ours"] + peers_available(args.device)
+    print(machine_header(args.device))
     print(f"device {args.device}, {args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, "
           f"chunk {args.chunk_size}, compile {not args.no_compile}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")

@@ -40,6 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_bench as tb  # noqa: E402
+from training.machine import header  # noqa: E402  (train_bench put the repository on the path)
 
 MATH_RANGE = "decoder.math_attention"  # the profiler range label_math_attention puts around it
 BUCKETS = ("matmul", "attention", "casts", "optimizer", "compiled", "other", "python")
@@ -288,6 +289,7 @@ def main():
         totals[name], ops[name], profiled = profile_side(run, args.steps, shapes[name])
         faults[name] = (profiled, unprofiled)
     title = "demo model (configs/demo.toml)" if demo else "SmolLM2-135M shape"
+    print(header(device))
     print(f"{title} ({hf_dict['num_hidden_layers']} layers, vocab {hf_dict['vocab_size']}), batch {args.batch} x seq "
           f"{args.seq}, {args.precision}, compile={'on' if args.compile else 'off'}, "
           f"{torch.get_num_threads()} threads, load avg {tb.load_average()}; ms per step "

@@ -25,6 +25,7 @@ import train_bench as tb  # noqa: E402
 import loss.linear_cross_entropy as lce  # noqa: E402
 import model.decoder as decoder  # noqa: E402
 import training.distributed as distributed  # noqa: E402
+from training.machine import header  # noqa: E402
 
 # shortcut -> (object, attribute, the value that restores the path it replaced)
 SHORTCUTS = {
@@ -65,6 +66,7 @@ def main():
     p.add_argument("--layers", type=int, default=0)
     args = p.parse_args()
     device = torch.device("cpu")
+    print(header(device))
     demo = args.model == "demo"
     hf_dict = profile_step.demo_shape() if demo else tb.shape(tb.SMOLLM2_135M, args.layers)
     batch_size, seq = (32, 76) if demo else (2, 256)

@@ -445,6 +445,8 @@ def main():
     device = torch.device(args.device)
     if args.memory_child:
         return memory_child(args, args.memory_child, args.precisions, device)
+    from training.machine import header
+    print(header(device))
     tables = dict(speed=speed_table, memory=memory_table, stages=stages_table)
     for name in args.tables.split(","):
         tables[name](args, device)

@@ -43,7 +43,7 @@ def test_a_fresh_run_into_an_occupied_out_is_refused_and_changes_nothing(finishe
     before = snapshot(out)
     with pytest.raises(TrainError) as raised:
         train.main(argv(out, **QUICK))
-    assert str(raised.value) == (f"--out {out} holds a run (config.json, log.jsonl, stage1, stage2): continue "
+    assert str(raised.value) == (f"--out {out} holds a run (config.json, log.jsonl, stage1, stage2, machine.json): continue "
                                  "it with --resume, replace it with --overwrite, or choose another --out")
     assert snapshot(out) == before
 
