@@ -514,8 +514,7 @@ def main(argv=None):
             if dist.main:  # left by a kill between the final save and their clean-up
                 checkpoint.remove_step_checkpoints(stage_dir)
         else:
-            if not recorded:
-                recorded = append_start(out / "machine.json", where, cfg.resume)
+            recorded = recorded or append_start(out / "machine.json", where, cfg.resume)
             resume_from = checkpoint.latest_step_checkpoint(stage_dir) if cfg.resume else None
             if resume_from is not None:
                 model, head = load_pretrained(resume_from, dtype=torch.float32, device=device), None
@@ -524,8 +523,7 @@ def main(argv=None):
             final = run_stage(n, cfg, head, model, tok, train, val, device, log, resume_from, dist)
         if cfg.eval and eval_records and f"stage{n}" not in results:
             if dist.main:  # on rank 0 alone, with the whole model (FSDP2: the checkpoint just written)
-                if not recorded:
-                    recorded = append_start(out / "machine.json", where, cfg.resume)
+                recorded = recorded or append_start(out / "machine.json", where, cfg.resume)
                 whole = load_pretrained(final, dtype=torch.float32, device=device) if cfg.parallel == "fsdp" else model
                 results[f"stage{n}"] = evaluate_stage(n, whole, tok, eval_records, cfg, device)
                 write_json(out / "results.json", results)

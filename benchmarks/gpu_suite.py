@@ -234,11 +234,8 @@ def environment(args):
 
 
 def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git here: pass --commit)"
+    from training.machine import git_commit as head
+    return head(ROOT) or "unknown (no git here: pass --commit)"
 
 
 def write_report(out_dir, report):
